@@ -1,0 +1,13 @@
+"""minibnn: binary and quantized neural networks from scratch (NumPy autograd, popcount kernels)."""
+from minibnn import backend, functional, nn, quantize, random
+from minibnn.autograd import Function, Tensor, is_grad_enabled, no_grad
+from minibnn.io import load, save
+from minibnn.backend import use, using
+from minibnn.random import manual_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Function", "Tensor", "backend", "functional", "is_grad_enabled", "load", "manual_seed", "nn",
+    "no_grad", "save", "quantize", "random", "use", "using", "__version__",
+]

@@ -1,0 +1,211 @@
+"""The ``minibnn`` command: train, eval, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("mnist", "fashion-mnist")
+SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
+DEFAULT_FASHION_ROOT = Path("..") / "shared" / "data" / "fashion-mnist"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise CLIError(f"unknown {what} {value!r}; valid choices: {', '.join(sorted(choices))}")
+    return value
+
+
+def load_dataset(name: str, split: str, root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised images and labels of a named dataset split."""
+    from minibnn import data
+
+    _choice(name, DATASETS, "dataset")
+    if name == "mnist":
+        images, labels = data.load_mnist(split)
+        return data.normalize(images, data.MNIST_MEAN, data.MNIST_STD), labels
+    root = root or os.environ.get("MINIBNN_FASHION_MNIST", str(DEFAULT_FASHION_ROOT))
+    if not Path(root).is_dir():
+        raise CLIError(f"Fashion-MNIST folder {root!r} not found; pass --data-root DIR "
+                       "(the folder with the four IDX .gz files)")
+    images, labels = data.load_fashion_mnist(root, split)
+    return data.normalize(images, data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD), labels
+
+
+def build_model(name: str, act_bit: int, weight_bit: int, in_channels: int = 1, num_classes: int = 10):
+    """A zoo model configured for 28x28 single-channel images."""
+    from minibnn import models
+
+    _choice(name, models.MODELS, "model")
+    if name == "lenet":
+        return models.lenet(act_bit, weight_bit, in_channels=in_channels, num_classes=num_classes)
+    if name == "binary_mlp":
+        return models.binary_mlp(784 * in_channels, num_classes=num_classes, act_bit=act_bit, weight_bit=weight_bit)
+    if name == "vgg_small":
+        return models.vgg_small(num_classes, in_channels, act_bit, weight_bit, image_size=28)
+    return models.resnet18(num_classes, in_channels, act_bit, weight_bit)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a zoo model on a dataset; save checkpoints and the final model under --out."""
+    import minibnn
+    from minibnn import data, optim, train
+
+    _choice(args.model, _model_names(), "model")
+    _choice(args.dataset, DATASETS, "dataset")
+    _choice(args.optimizer, OPTIMIZERS, "optimizer")
+    _choice(args.schedule, SCHEDULES, "schedule")
+    minibnn.manual_seed(args.seed)
+    x_train, y_train = load_dataset(args.dataset, "train", args.data_root)
+    x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    transform = data.RandomCrop(28, padding=2) if args.augment else None
+    loader = data.DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed,
+                             transform=transform)
+    test_loader = data.DataLoader(x_test, y_test, 500)
+    model = build_model(args.model, args.act_bit, args.weight_bit)
+    optimizer = optim.make_optimizer(args.optimizer, model, args.lr)
+    schedule = optim.make_schedule(args.schedule, optimizer, total_steps=args.epochs * len(loader))
+    out = Path(args.out or f"runs/{args.model}-{args.dataset}-a{args.act_bit}w{args.weight_bit}")
+    history = train.fit(model, loader, optimizer, args.epochs, val_loader=test_loader, schedule=schedule,
+                        checkpoint_dir=out, resume=args.resume, progress=not args.quiet)
+    minibnn.save(model, out / "model")
+    result = train.evaluate(model, test_loader)
+    (out / "history.json").write_text(json.dumps({"command": sys.argv, "history": history.epochs,
+                                                  "test": result}, indent=1))
+    seconds = [r["seconds"] for r in history.epochs]
+    print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) after {len(history)} epochs, "
+          f"median {np.median(seconds) if seconds else 0:.1f} s/epoch; model saved to {out / 'model'}.json/.npz")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a saved model on a dataset's test split."""
+    import minibnn
+    from minibnn import data, train
+
+    model = minibnn.load(args.model_path)
+    x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
+    result = train.evaluate(model, data.DataLoader(x_test, y_test, args.batch_size))
+    print(f"{args.model_path}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+          f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a binarized LeNet on the shipped MNIST within a time budget and report test accuracy."""
+    import minibnn
+    from minibnn import data, models, optim, train
+
+    minibnn.manual_seed(args.seed)
+    x_train, y_train = load_dataset("mnist", "train")
+    x_test, y_test = load_dataset("mnist", "test")
+    loader = data.DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+    model = models.lenet(act_bit=1, weight_bit=1)
+    print(f"minibnn demo: binarized LeNet (binary conv2 + dense, float first/last layer) on MNIST, "
+          f"{args.seconds:.0f} s training budget, backend {minibnn.backend.current()}")
+    step_seconds = _time_one_step(model, x_train[: args.batch_size], y_train[: args.batch_size])
+    budget_steps = max(1, int(args.seconds / step_seconds))
+    epochs = -(-budget_steps // len(loader))
+    optimizer = optim.make_optimizer("adam", model, args.lr)
+    schedule = optim.make_schedule("cosine", optimizer, total_steps=budget_steps)
+    start = time.perf_counter()
+    train.fit(model, loader, optimizer, epochs, schedule=schedule, progress=not args.quiet,
+              max_seconds=args.seconds)
+    result = train.evaluate(model, data.DataLoader(x_test, y_test, 500))
+    print(f"trained {time.perf_counter() - start:.0f} s; test accuracy on all {len(y_test)} MNIST test "
+          f"images: {result['accuracy'] * 100:.2f}%")
+    return 0
+
+
+def _time_one_step(model, x, y) -> float:
+    """Seconds per training step, measured on a throwaway copy of the model's state."""
+    from minibnn import Tensor
+    from minibnn import functional as F
+
+    state = model.state_dict()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        F.cross_entropy(model(Tensor(x)), y).backward()
+        times.append(time.perf_counter() - t)
+    model.load_state_dict(state)  # undo the batch-norm statistics these steps touched
+    model.zero_grad()
+    return float(np.median(times)) * 1.1  # optimizer step and data loading
+
+
+def _model_names():
+    from minibnn import models
+
+    return models.MODELS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``minibnn`` command."""
+    parser = argparse.ArgumentParser(prog="minibnn", description="binary neural networks from scratch")
+    parser.add_argument("--backend", help="numpy, native or cuda (default: MINIBNN_BACKEND or the fastest built)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("--model", default="lenet", help="lenet, binary_mlp, vgg_small, resnet18")
+    t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    t.add_argument("--data-root", help=f"Fashion-MNIST folder (default {DEFAULT_FASHION_ROOT})")
+    t.add_argument("--act-bit", type=int, default=1)
+    t.add_argument("--weight-bit", type=int, default=1)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--schedule", default="cosine", help=", ".join(SCHEDULES))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="output folder (checkpoints, model, history)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--augment", action="store_true", help="random crops (padding 2)")
+    t.add_argument("--limit", type=int, default=0, help="train on the first N images only")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved model")
+    e.add_argument("model_path")
+    e.add_argument("--dataset", default="mnist")
+    e.add_argument("--data-root")
+    e.add_argument("--batch-size", type=int, default=500)
+    e.set_defaults(run=cmd_eval)
+
+    d = sub.add_parser("demo", help="train a binarized LeNet on MNIST in about 3 minutes")
+    d.add_argument("--seconds", type=float, default=170.0)
+    d.add_argument("--batch-size", type=int, default=128)
+    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minibnn`` command."""
+    import minibnn
+    from minibnn.data import IDXError
+    from minibnn.io import ModelFileError
+    from minibnn.train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.backend:
+            minibnn.use(args.backend)
+        return args.run(args)
+    except (CLIError, ModelFileError, IDXError, TrainingDiverged, FileNotFoundError,
+            minibnn.backend.BackendUnavailable, ValueError) as exc:
+        print(f"minibnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,133 @@
+"""Model files: architecture as JSON + parameters as .npz (no pickle), written atomically.
+
+``save(model, "run/lenet")`` writes ``run/lenet.npz`` and then ``run/lenet.json``; the
+JSON names the format version, the architecture, every array's shape and dtype and the
+SHA-256 of the .npz, so a file that was truncated, edited or paired with the wrong
+partner is refused with an error that names the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minibnn.nn.module import from_config
+
+FORMAT = "minibnn-model"
+VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is missing, corrupted, inconsistent or from a newer version."""
+
+
+def split_path(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The (.json, .npz) pair for ``path`` given with or without either suffix."""
+    p = Path(path)
+    if p.suffix in (".json", ".npz"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".json"), p.with_name(p.name + ".npz")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise arrays as an uncompressed .npz in memory."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_npz(path: Path, expected_sha256: str | None = None) -> dict[str, np.ndarray]:
+    """Read every array of a .npz with allow_pickle=False; check the SHA-256 when given."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: file not found (it is written next to its .json)") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise ModelFileError(f"{path}: contents do not match the checksum in its .json "
+                             "(truncated, edited, or from another save)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz archive ({exc})") from None
+
+
+def write_pair(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Atomically write ``arrays`` (.npz) then ``header`` (.json, with the .npz checksum); return the .json path."""
+    json_path, npz_path = split_path(path)
+    blob = npz_bytes(arrays)
+    header = dict(header, format=header.get("format", FORMAT), version=header.get("version", VERSION),
+                  arrays={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+                  npz=npz_path.name, npz_sha256=hashlib.sha256(blob).hexdigest())
+    text = json.dumps(header, indent=1)
+    atomic_write_bytes(npz_path, blob)
+    atomic_write_bytes(json_path, text.encode())
+    return json_path
+
+
+def read_pair(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and cross-check a (.json, .npz) pair written by write_pair."""
+    json_path, npz_path = split_path(path)
+    try:
+        header = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"{json_path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{json_path}: not valid JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        raise ModelFileError(f"{json_path}: not a {fmt} file (format {header.get('format') if isinstance(header, dict) else None!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise ModelFileError(f"{json_path}: format version {version!r} is newer than this minibnn "
+                             f"reads ({VERSION}); upgrade minibnn")
+    arrays = read_npz(npz_path, header.get("npz_sha256"))
+    declared = header.get("arrays", {})
+    if set(declared) != set(arrays):
+        raise ModelFileError(f"{npz_path}: arrays {sorted(arrays)} differ from those listed in "
+                             f"{json_path.name}: {sorted(declared)}")
+    for name, meta in declared.items():
+        a = arrays[name]
+        if list(a.shape) != meta.get("shape") or str(a.dtype) != meta.get("dtype"):
+            raise ModelFileError(f"{npz_path}: array {name} is {a.dtype}{list(a.shape)}, "
+                                 f"{json_path.name} says {meta.get('dtype')}{meta.get('shape')}")
+    return header, arrays
+
+
+def save(model, path: str | os.PathLike) -> Path:
+    """Save ``model`` as ``path.json`` (architecture) + ``path.npz`` (parameters); returns the .json path."""
+    return write_pair(path, {"architecture": model.to_config()}, model.state_dict())
+
+
+def load(path: str | os.PathLike):
+    """Rebuild a model saved with ``save`` (nothing is unpickled)."""
+    header, arrays = read_pair(path)
+    json_path = split_path(path)[0]
+    try:
+        model = from_config(header["architecture"])
+        model.load_state_dict(arrays)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{json_path}: {exc}") from None
+    return model

@@ -1,0 +1,4 @@
+"""``minibnn.models``: the model zoo (defined in minibnn.nn.models)."""
+from minibnn.nn.models import MODELS, BasicBlock, ResNet, binary_mlp, get_model, lenet, resnet18, vgg_small
+
+__all__ = ["MODELS", "BasicBlock", "ResNet", "binary_mlp", "get_model", "lenet", "resnet18", "vgg_small"]

@@ -1,0 +1,116 @@
+"""The model zoo: binary LeNet, MLP, VGG-small and ResNet-18 (float first and last layer)."""
+from __future__ import annotations
+
+from minibnn.autograd import Tensor
+from minibnn.nn.layers import (
+    BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, GlobalAvgPool2d, Identity, MaxPool2d, ReLU,
+    Sequential, Tanh,
+)
+from minibnn.nn.module import Module
+from minibnn.nn.quantized import QActivation, QConv2d, QDense
+
+
+def lenet(act_bit: int = 1, weight_bit: int = 1, channels: tuple[int, int] = (64, 64),
+          hidden: int = 512, num_classes: int = 10, in_channels: int = 1) -> Sequential:
+    """BMXNet's binary LeNet for 28x28 input: float conv1, binary conv2 and dense, float classifier."""
+    c1, c2 = channels
+    return Sequential(
+        Conv2d(in_channels, c1, 5),                  # float first layer
+        Tanh(), MaxPool2d(2), BatchNorm2d(c1),
+        QActivation(act_bit),
+        QConv2d(c1, c2, 5, act_bit=act_bit, weight_bit=weight_bit),
+        BatchNorm2d(c2), MaxPool2d(2),
+        Flatten(), BatchNorm1d(c2 * 16),
+        QActivation(act_bit),
+        QDense(c2 * 16, hidden, act_bit=act_bit, weight_bit=weight_bit),
+        BatchNorm1d(hidden), Tanh(),
+        Dense(hidden, num_classes),                  # float last layer
+    )
+
+
+def binary_mlp(in_features: int = 784, hidden: tuple[int, ...] = (512, 512), num_classes: int = 10,
+               act_bit: int = 1, weight_bit: int = 1) -> Sequential:
+    """MLP: float first dense, binary hidden denses with batch norm, float classifier."""
+    layers: list[Module] = [Flatten(), Dense(in_features, hidden[0]), BatchNorm1d(hidden[0])]
+    for a, b in zip(hidden[:-1], hidden[1:]):
+        layers += [QActivation(act_bit), QDense(a, b, act_bit=act_bit, weight_bit=weight_bit), BatchNorm1d(b)]
+    layers += [Tanh(), Dense(hidden[-1], num_classes)]
+    return Sequential(*layers)
+
+
+def vgg_small(num_classes: int = 10, in_channels: int = 3, act_bit: int = 1, weight_bit: int = 1,
+              width: int = 128, image_size: int = 32) -> Sequential:
+    """VGG-small (as in LQ-Nets / Larq): float first conv, five binary 3x3 convs, float classifier."""
+    w = width
+    def qconv(cin: int, cout: int) -> list[Module]:
+        return [QActivation(act_bit), QConv2d(cin, cout, 3, padding=1, act_bit=act_bit, weight_bit=weight_bit)]
+    layers: list[Module] = [Conv2d(in_channels, w, 3, padding=1, bias=False), BatchNorm2d(w)]
+    layers += qconv(w, w) + [MaxPool2d(2), BatchNorm2d(w)]
+    layers += qconv(w, 2 * w) + [BatchNorm2d(2 * w)]
+    layers += qconv(2 * w, 2 * w) + [MaxPool2d(2), BatchNorm2d(2 * w)]
+    layers += qconv(2 * w, 4 * w) + [BatchNorm2d(4 * w)]
+    layers += qconv(4 * w, 4 * w) + [MaxPool2d(2), BatchNorm2d(4 * w)]
+    side = image_size // 8
+    layers += [Flatten(), Dense(4 * w * side * side, num_classes)]
+    return Sequential(*layers)
+
+
+class BasicBlock(Module):
+    """ResNet basic block with binary 3x3 convs (Bi-Real style: a shortcut around each conv)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 act_bit: int = 1, weight_bit: int = 1) -> None:
+        super().__init__()
+        bits = dict(act_bit=act_bit, weight_bit=weight_bit)
+        self.act1 = QActivation(act_bit)
+        self.conv1 = QConv2d(in_channels, out_channels, 3, stride=stride, padding=1, **bits)
+        self.bn1 = BatchNorm2d(out_channels)
+        self.act2 = QActivation(act_bit)
+        self.conv2 = QConv2d(out_channels, out_channels, 3, padding=1, **bits)
+        self.bn2 = BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:  # float downsampling shortcut (as Bi-Real/Larq)
+            self.shortcut = Sequential(Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                       BatchNorm2d(out_channels))
+        else:
+            self.shortcut = Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn1(self.conv1(self.act1(x))) + self.shortcut(x)
+        return self.bn2(self.conv2(self.act2(y))) + y
+
+
+class ResNet(Module):
+    """CIFAR-style ResNet: float 3x3 stem, binary basic blocks, float head."""
+
+    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
+                 act_bit: int = 1, weight_bit: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.stem = Sequential(Conv2d(in_channels, width, 3, padding=1, bias=False), BatchNorm2d(width))
+        layers: list[Module] = []
+        cin = width
+        for stage, count in enumerate(blocks):
+            cout = width * 2**stage
+            for i in range(count):
+                layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1, act_bit, weight_bit))
+                cin = cout
+        self.body = Sequential(*layers)
+        self.head = Sequential(ReLU(), GlobalAvgPool2d(), Dense(cin, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(self.stem(x)))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3, act_bit: int = 1, weight_bit: int = 1,
+             width: int = 64) -> ResNet:
+    """ResNet-18 (CIFAR stem, four stages of two binary basic blocks, float stem and head)."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, act_bit, weight_bit, width)
+
+
+MODELS = {"lenet": lenet, "binary_mlp": binary_mlp, "vgg_small": vgg_small, "resnet18": resnet18}
+
+
+def get_model(name: str, **kwargs) -> Module:
+    """Build a zoo model by name."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid choices: {sorted(MODELS)}")
+    return MODELS[name](**kwargs)

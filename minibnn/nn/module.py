@@ -1,0 +1,229 @@
+"""Module and Parameter: the base of every layer and model.
+
+Every Module subclass records the arguments it was built with, so a model can be
+described as JSON (``to_config``) and rebuilt from that alone (``from_config``)
+without pickling anything.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from minibnn import backend
+from minibnn.autograd import Tensor, as_array
+
+_REGISTRY: dict[str, type["Module"]] = {}
+
+
+class Parameter(Tensor):
+    """A trainable tensor of a Module. ``clip`` bounds latent weights after each optimizer step."""
+
+    def __init__(self, data: Any, clip: float | None = None) -> None:
+        super().__init__(data, requires_grad=True)
+        self.clip = clip
+
+
+class Module:
+    """Base class of layers and models (PyTorch-like: attributes register parameters and children)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls.__init__)
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+        if "_init_args" not in self.__dict__:  # a subclass without its own __init__
+            object.__setattr__(self, "_init_args", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before setting attributes")
+        for table in (self._parameters, self._modules, self._buffers):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array: Any) -> None:
+        """Register a non-trained array (e.g. running statistics) saved in the state_dict."""
+        self.__setattr__(name, as_array(array))
+        self._buffers[name] = True
+
+    # ---- forward --------------------------------------------------------------------
+    def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal ------------------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """This module and all descendants, with dotted names."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator["Module"]:
+        """This module and all descendants."""
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator["Module"]:
+        """Direct sub-modules."""
+        yield from self._modules.values()
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """All parameters with dotted names, each once."""
+        seen: set[int] = set()
+        for prefix, m in self.named_modules():
+            for name, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self) -> list[Parameter]:
+        """All parameters, each once."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Any]]:
+        """All buffers (raw arrays) with dotted names."""
+        for prefix, m in self.named_modules():
+            for name in m._buffers:
+                yield (f"{prefix}.{name}" if prefix else name), getattr(m, name)
+
+    # ---- modes ----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (batch statistics, dropout on); returns self."""
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Evaluation mode (running statistics, dropout off); returns self."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of all parameters."""
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype) -> "Module":
+        """Cast parameters and buffers to ``dtype`` in place (e.g. float64 for gradient checks)."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+        for prefix, m in self.named_modules():
+            for name in m._buffers:
+                object.__setattr__(m, name, getattr(m, name).astype(dtype))
+        return self
+
+    # ---- state ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers as NumPy arrays, by dotted name."""
+        state = {name: p.numpy().copy() for name, p in self.named_parameters()}
+        state.update({name: backend.to_numpy(b).copy() for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy arrays into parameters and buffers; shapes must match; strict: same names too."""
+        targets = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        expected = set(targets) | set(buffers)
+        if strict:
+            missing, unexpected = expected - set(state), set(state) - expected
+            if missing or unexpected:
+                raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {sorted(missing)}, "
+                               f"unexpected keys {sorted(unexpected)}")
+        for name, value in state.items():
+            if name not in expected:
+                continue
+            current = targets[name].data if name in targets else buffers[name]
+            value = np.asarray(backend.to_numpy(value))
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape}, "
+                                 f"the model expects {tuple(current.shape)}")
+            current[...] = backend.get_array_module(current).asarray(value, dtype=current.dtype)
+
+    # ---- architecture as JSON ---------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """JSON-serialisable description {"type", "args"} from which from_config rebuilds the module."""
+        return {"type": type(self).__name__, "args": {k: _encode(v) for k, v in self._init_args.items()}}
+
+    def extra_repr(self) -> str:
+        """Constructor arguments shown by repr()."""
+        return ", ".join(f"{k}={v!r}" for k, v in self._init_args.items() if not isinstance(v, (Module, list)))
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def from_config(config: dict[str, Any]) -> Module:
+    """Rebuild a module from ``to_config`` output (only registered Module classes are built)."""
+    if not isinstance(config, dict) or "type" not in config or not isinstance(config.get("args", {}), dict):
+        raise ValueError(f"not a module description: {str(config)[:200]}")
+    cls = _REGISTRY.get(config["type"])
+    if cls is None:
+        raise ValueError(f"unknown module type {config['type']!r}; known types: {sorted(_REGISTRY)}")
+    args = {k: _decode(v) for k, v in config.get("args", {}).items()}
+    positional = [  # a *layers parameter (Sequential) is passed positionally
+        v for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind is inspect.Parameter.VAR_POSITIONAL for v in args.pop(k, [])
+    ]
+    try:
+        return cls(*positional, **args)
+    except TypeError as exc:
+        raise ValueError(f"cannot build {config['type']} from arguments {args}: {exc}") from None
+
+
+def _recording(init):
+    """Wrap a subclass __init__ so the outermost call records its arguments in ``_init_args``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        if "_init_args" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded = {k: v for k, v in list(bound.arguments.items())[1:]}
+            for k, p in signature.parameters.items():
+                if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                    recorded[k] = list(recorded.get(k, ()))
+            object.__setattr__(self, "_init_args", recorded)
+        init(self, *args, **kwargs)
+
+    wrapper.__signature__ = signature
+    return wrapper
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Module):
+        return {"module": value.to_config()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot describe constructor argument {value!r} as JSON")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"module"}:
+        return from_config(value["module"])
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value

@@ -1,0 +1,123 @@
+"""Drop-in quantized layers (BMXNet's QActivation, QConvolution, QFullyConnected).
+
+A Q-layer quantizes its own input (``act_bit``) and its weights (``weight_bit``) as
+DESIGN.md says; 32 bits means float. With 1-bit weights the latent float weights are
+kept, trained and clipped to [-1, 1] after each optimizer step (Parameter.clip).
+"""
+from __future__ import annotations
+
+from minibnn import functional as F
+from minibnn import quantize as Q
+from minibnn.autograd import Tensor
+from minibnn.functional.conv import pair
+from minibnn.nn import init
+from minibnn.nn.module import Module, Parameter
+
+PAD_VALUES = (0, 1, -1)
+SCALING_MODES = (None, "channel")
+
+
+def _scaling_mode(scaling, owner: str):
+    """Normalise ``scaling`` (None/False: off; True/'channel': per-output-channel alpha)."""
+    if scaling is None or scaling is False:
+        return None
+    if scaling is True or scaling == "channel":
+        return "channel"
+    raise ValueError(f"{owner}: scaling must be None, False, True or 'channel', got {scaling!r}")
+
+
+def _quantize_input(x, act_bit: int, clip: float | None = 1.0, approx: bool = False) -> Tensor:
+    if act_bit == 1 and approx:
+        return Q.approx_sign(x)
+    return Q.quantize_activation(x, act_bit, clip)
+
+
+def _alpha(weight: Parameter):
+    """XNOR-Net scale per output channel: mean |W| over everything but axis 0 (gradient stopped)."""
+    w = weight.data
+    axes = tuple(range(1, w.ndim))
+    return abs(w).mean(axis=axes)
+
+
+class QActivation(Module):
+    """Quantize activations: 1 bit = sign with a clipped straight-through gradient."""
+
+    def __init__(self, act_bit: int = 1, clip: float | None = 1.0, approx: bool = False) -> None:
+        super().__init__()
+        self.act_bit = Q.check_bits(act_bit, "act_bit", "QActivation")
+        self.clip, self.approx = clip, approx
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _quantize_input(x, self.act_bit, self.clip, self.approx)
+
+
+class _QLayer(Module):
+    """Shared parts of QDense and QConv2d."""
+
+    def _setup_bits(self, act_bit, weight_bit, scaling) -> None:
+        owner = type(self).__name__
+        self.act_bit = Q.check_bits(act_bit, "act_bit", owner)
+        self.weight_bit = Q.check_bits(weight_bit, "weight_bit", owner)
+        self.scaling = _scaling_mode(scaling, owner)
+
+    @property
+    def is_binary(self) -> bool:
+        """True when both input and weights are 1 bit (the layer runs on popcount kernels)."""
+        return self.act_bit == 1 and self.weight_bit == 1
+
+    def quantized_weight(self) -> Tensor:
+        """The weights as the forward pass uses them (sign, DoReFa k-bit or float)."""
+        return Q.quantize_weight(self.weight, self.weight_bit)
+
+    def _epilogue(self, y: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        if self.scaling == "channel":
+            y = y * _alpha(self.weight).reshape(shape)
+        if self.bias is not None:
+            y = y + self.bias.reshape(shape)
+        return y
+
+
+class QDense(_QLayer):
+    """Fully connected layer on quantized input and weights."""
+
+    def __init__(self, in_features: int, out_features: int, act_bit: int = 1, weight_bit: int = 1,
+                 bias: bool = False, scaling=None) -> None:
+        super().__init__()
+        self._setup_bits(act_bit, weight_bit, scaling)
+        self.in_features, self.out_features = in_features, out_features
+        clip = 1.0 if self.weight_bit == 1 else None
+        self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features), clip=clip)
+        self.bias = Parameter(init.bias_uniform(out_features, in_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xq = _quantize_input(x, self.act_bit)
+        return self._epilogue(F.linear(xq, self.quantized_weight()))
+
+
+class QConv2d(_QLayer):
+    """2-D convolution on quantized input and weights; padding uses ``pad_value`` (0, +1 or -1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 act_bit: int = 1, weight_bit: int = 1, pad_value: float = 0, bias: bool = False,
+                 scaling=None) -> None:
+        super().__init__()
+        self._setup_bits(act_bit, weight_bit, scaling)
+        if pad_value not in PAD_VALUES:
+            raise ValueError(f"QConv2d: pad_value must be one of {PAD_VALUES}, got {pad_value!r}")
+        kh, kw = pair(kernel_size, "kernel_size")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.stride, self.padding, self.pad_value = stride, pair(padding, "padding"), pad_value
+        fan_in = in_channels * kh * kw
+        clip = 1.0 if self.weight_bit == 1 else None
+        self.weight = Parameter(init.kaiming_uniform((out_channels, in_channels, kh, kw), fan_in), clip=clip)
+        self.bias = Parameter(init.bias_uniform(out_channels, fan_in)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xq = _quantize_input(x, self.act_bit)
+        if self.pad_value == 0:
+            y = F.conv2d(xq, self.quantized_weight(), stride=self.stride, padding=self.padding)
+        else:  # pad the quantized input with +-1 before a padding-free convolution
+            xq = F.pad2d(xq, self.padding, self.pad_value)
+            y = F.conv2d(xq, self.quantized_weight(), stride=self.stride)
+        return self._epilogue(y)
