@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     schedule = optim.make_schedule(args.schedule, optimizer, total_steps=args.epochs * len(loader))
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-a{args.act_bit}w{args.weight_bit}")
     history = train.fit(model, loader, optimizer, args.epochs, val_loader=test_loader, schedule=schedule,
-                        checkpoint_dir=out, resume=args.resume, progress=not args.quiet)
+                        checkpoint_dir=out, resume=args.resume, progress=not args.quiet,
+                        verbose=True)
     minibnn.save(model, out / "model")
     result = train.evaluate(model, test_loader)
     (out / "history.json").write_text(json.dumps({"command": sys.argv, "history": history.epochs,

@@ -9,6 +9,10 @@
 """
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from minibnn.autograd import Function, Tensor
 from minibnn.backend import get_array_module
 from minibnn.functional import activation, math
@@ -18,10 +22,11 @@ MIN_BITS, MAX_BITS = 1, 32
 
 def check_bits(bits, what: str = "bits", owner: str = "quantizer") -> int:
     """Return ``bits`` if it is an int in 1..32, else raise a ValueError naming ``owner``."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+    integer = isinstance(bits, numbers.Integral) and not isinstance(bits, (bool, np.bool_))
+    if not integer or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"{owner}: {what} must be an integer in {MIN_BITS}..{MAX_BITS} "
                          f"(1 = binary, 32 = float), got {bits!r}")
-    return bits
+    return int(bits)  # NumPy integers (e.g. read from an .npz) are integers too
 
 
 def binarize(x):

@@ -60,12 +60,13 @@ def evaluate(model, loader, progress: bool = False) -> dict[str, float]:
 
 def fit(model, train_loader, optimizer, epochs: int, val_loader=None, schedule=None,
         checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-        progress: bool = True, max_seconds: float | None = None) -> History:
+        progress: bool = True, verbose: bool = True, max_seconds: float | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs; ``schedule.step()`` runs after every batch.
 
     With ``checkpoint_dir``, a checkpoint (model, optimizer, schedule, RNG, history) is
     written atomically after each epoch; ``resume=True`` continues from it. With
     ``max_seconds`` training stops after the batch that exceeds the time budget.
+    ``progress`` shows a tqdm bar per epoch, ``verbose`` prints one line per epoch.
     """
     history, start_epoch = History(), 0
     if resume:
@@ -80,7 +81,7 @@ def fit(model, train_loader, optimizer, epochs: int, val_loader=None, schedule=N
             val = evaluate(model, val_loader)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         history.append(record)
-        if progress:
+        if verbose:
             tqdm.write(_describe(record))
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, model, optimizer, schedule, epoch, history)

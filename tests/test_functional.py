@@ -183,7 +183,8 @@ def test_matmul(data, m, k, n, batch, b_batched):
     gradcheck(F.matmul, [t64(a), t64(b)])
 
 
-@pytest.mark.parametrize("sa,sb", [((3,), (3, 2)), ((2, 3), (3,)), ((3,), (3,)), ((2, 2, 3), (3,))])
+@pytest.mark.parametrize("sa,sb", [((3,), (3, 2)), ((2, 3), (3,)), ((3,), (3,)), ((2, 2, 3), (3,)),
+                                   ((3,), (2, 3, 4)), ((1, 2, 3), (2, 3, 1))])
 def test_matmul_vectors(sa, sb):
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal(sa), rng.standard_normal(sb)
@@ -435,7 +436,7 @@ def test_batch_norm_training(data, shape, affine, momentum):
     rm0, rv0 = data.draw(arrays((c,))), data.draw(arrays((c,), 0.5, 2))
     rm, rv = rm0.copy(), rv0.copy()
     args = [t64(x)] + ([t64(weight), t64(bias)] if affine else [])
-    y = F.batch_norm(*args, running_mean=rm, running_var=rv, training=True, momentum=momentum, eps=1e-5)
+    y = F.batch_norm(args[0], rm, rv, *args[1:], training=True, momentum=momentum, eps=1e-5)
     ref = batch_norm_ref(x, x.mean(axis=axes), x.var(axis=axes), weight, bias, 1e-5)
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-10, atol=1e-10)
     n = x.size // c  # the running variance is the unbiased one (PyTorch)
@@ -454,7 +455,7 @@ def test_batch_norm_eval(data, shape, affine):
     rm, rv = data.draw(arrays((c,))), data.draw(arrays((c,), 0.5, 2))
     rm0, rv0 = rm.copy(), rv.copy()
     args = [t64(x)] + ([t64(weight), t64(bias)] if affine else [])
-    y = F.batch_norm(*args, running_mean=rm, running_var=rv, training=False, eps=1e-5)
+    y = F.batch_norm(args[0], rm, rv, *args[1:], training=False, eps=1e-5)
     np.testing.assert_allclose(y.numpy(), batch_norm_ref(x, rm, rv, weight, bias, 1e-5), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(rm, rm0)  # eval never touches the running statistics
     np.testing.assert_array_equal(rv, rv0)

@@ -1,9 +1,10 @@
 """2-D convolution as im2col (a strided view, no loop over pixels) + one matmul.
 
 The input is NCHW, but inside the op the activations are read channels-last (NHWC):
-each receptive field is then kh*kw runs of C contiguous floats, so the im2col copy and
-its adjoint (col2im) stream through memory. The output is returned as an NCHW view of
-the NHWC matmul result; NumPy's elementwise ops keep that layout for the next layer.
+each receptive field is then kh*kw runs of C contiguous floats, so the im2col copy
+and its adjoint (col2im, fused with the input-gradient matmul) stream through memory.
+The output is returned as an NCHW view of the NHWC matmul result; NumPy's elementwise
+ops keep that layout for the next layer.
 """
 from __future__ import annotations
 
@@ -65,17 +66,21 @@ def im2col_nhwc(x_nhwc, geo: Geometry):
     return view.reshape(n * oh * ow, kh * kw * c)  # the im2col copy
 
 
-def col2im_nhwc(cols, x_shape_nhwc, geo: Geometry):
-    """Adjoint of im2col_nhwc: add (N*OH*OW, kh*kw*C) columns back into an (N, H, W, C) array."""
-    xp = get_array_module(cols)
+def conv_input_grad_nhwc(g_rows, w_taps, x_shape_nhwc, geo: Geometry):
+    """Gradient of the NHWC input: col2im fused with the matmul, one tap at a time.
+
+    ``g_rows`` is the output gradient (N*OH*OW, O) and ``w_taps`` the weights as
+    (O, kh, kw, C). Each tap's (N*OH*OW, C) product is added straight into the input
+    positions that tap read, so the (N*OH*OW, kh*kw*C) column matrix never exists.
+    """
+    xp = get_array_module(g_rows)
     n, h, w, c = x_shape_nhwc
     (kh, kw), (oh, ow), (ph, pw) = geo.kernel, geo.out_hw, geo.padding
-    cols = cols.reshape(n, oh, ow, kh, kw, c)
-    out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=cols.dtype)
+    out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=g_rows.dtype)
     for i in range(kh):  # a loop over kernel taps, not over pixels
         for j in range(kw):
             rows, columns = geo.tap(i, j)
-            out[:, rows, columns, :] += cols[:, :, :, i, j, :]
+            out[:, rows, columns, :] += (g_rows @ w_taps[:, i, j, :]).reshape(n, oh, ow, c)
     return out[:, ph : ph + h, pw : pw + w, :]
 
 
@@ -138,9 +143,10 @@ class Conv2d(Function):
             gw = xp.concatenate([g_rows[:, i * og : (i + 1) * og].T @ self.cols[i] for i in range(g)])
             gw = gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         if self.needs_input_grad[0]:
-            shape = self.x_shape_nhwc[:3] + (self.x_shape_nhwc[3] // g,)
-            parts = [col2im_nhwc(g_rows[:, i * og : (i + 1) * og] @ self.w_rows[i], shape, self.geo)
-                     for i in range(g)]
+            _, c, kh, kw = self.w_shape
+            shape = self.x_shape_nhwc[:3] + (c,)
+            parts = [conv_input_grad_nhwc(g_rows[:, i * og : (i + 1) * og], self.w_rows[i].reshape(og, kh, kw, c),
+                                          shape, self.geo) for i in range(g)]
             gx = (parts[0] if g == 1 else xp.concatenate(parts, axis=3)).transpose(0, 3, 1, 2)
         if self.has_bias:
             return gx, gw, grad.sum(axis=(0, 2, 3))

@@ -98,7 +98,7 @@ class Log(Function):
 class Abs(Function):
     def forward(self, a):
         self.a = a
-        return abs(a)
+        return get_array_module(a).abs(a)  # not abs(): this module's abs() shadows the builtin
 
     def backward(self, g):
         return g * get_array_module(self.a).sign(self.a)
@@ -116,12 +116,13 @@ class MatMul(Function):
     def backward(self, g):
         a, b = self.a, self.b
         xp = get_array_module(g)
-        if a.ndim == 1 or b.ndim == 1:  # rare: promote to 2-D and back
+        if a.ndim == 1 or b.ndim == 1:  # rare: promote to 2-D (re-insert the dropped axes of g) and back
             a2 = a[None, :] if a.ndim == 1 else a
             b2 = b[:, None] if b.ndim == 1 else b
-            g2 = xp.reshape(g, a2.shape[:-1] + b2.shape[-1:])
-            ga = (g2 @ xp.swapaxes(b2, -1, -2)).reshape(a.shape) if self.needs_input_grad[0] else None
-            gb = (xp.swapaxes(a2, -1, -2) @ g2).reshape(b.shape) if self.needs_input_grad[1] else None
+            g2 = xp.expand_dims(g, -1) if b.ndim == 1 else g
+            g2 = xp.expand_dims(g2, -2) if a.ndim == 1 else g2
+            ga = sum_to(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if self.needs_input_grad[0] else None
+            gb = sum_to(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape) if self.needs_input_grad[1] else None
             return ga, gb
         ga = sum_to(g @ xp.swapaxes(b, -1, -2), a.shape) if self.needs_input_grad[0] else None
         gb = sum_to(xp.swapaxes(a, -1, -2) @ g, b.shape) if self.needs_input_grad[1] else None

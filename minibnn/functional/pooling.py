@@ -22,19 +22,27 @@ def _geometry(x, kernel_size, stride, padding):
     return kernel, stride, padding, out_hw
 
 
-def _tap_windows(xpad, kernel, stride, out_hw):
-    """Strided view (N, C, OH, OW, kh, kw) of the pooling windows."""
-    xp = get_array_module(xpad)
-    sn, sc, sh, sw = xpad.strides
-    shape = xpad.shape[:2] + tuple(out_hw) + tuple(kernel)
-    strides = (sn, sc, sh * stride[0], sw * stride[1], sh, sw)
-    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
-
-
 def _tap_slice(i, j, stride, out_hw):
+    """Index of the padded input that tap (i, j) of every pooling window reads."""
     return (slice(None), slice(None),
             slice(i, i + stride[0] * (out_hw[0] - 1) + 1, stride[0]),
             slice(j, j + stride[1] * (out_hw[1] - 1) + 1, stride[1]))
+
+
+def _taps(kernel, stride, out_hw):
+    """(tap number, index) for every kernel tap: pooling is a loop over taps, not over pixels."""
+    for t in range(kernel[0] * kernel[1]):
+        i, j = divmod(t, kernel[1])
+        yield t, _tap_slice(i, j, stride, out_hw)
+
+
+def _zeros_like_input(x_shape, padding, like, dtype):
+    """Zero gradient buffer for the padded input, in the input's memory layout when unpadded."""
+    xp = get_array_module(like)
+    if padding == (0, 0):
+        return xp.zeros_like(like, dtype=dtype)  # keeps an NHWC-strided input NHWC
+    ph, pw = padding
+    return xp.zeros(x_shape[:2] + (x_shape[2] + 2 * ph, x_shape[3] + 2 * pw), dtype=dtype)
 
 
 def _crop(a, padding, x_shape):
@@ -43,25 +51,34 @@ def _crop(a, padding, x_shape):
 
 
 class MaxPool2d(Function):
+    """Max pooling; the gradient goes to the first maximum of each window (as in PyTorch)."""
+
     def __init__(self, kernel_size, stride, padding):
         self.args = (kernel_size, stride, padding)
 
     def forward(self, x):
         xp = get_array_module(x)
         self.kernel, self.stride, self.padding, self.out_hw = _geometry(x, *self.args)
-        xpad = pad_spatial(x, self.padding, value=-xp.inf)
-        flat = _tap_windows(xpad, self.kernel, self.stride, self.out_hw).reshape(*x.shape[:2], *self.out_hw, -1)
-        self.argmax = flat.argmax(axis=-1)  # the first maximum gets the gradient
-        self.x_shape, self.padded_shape = x.shape, xpad.shape
-        return xp.take_along_axis(flat, self.argmax[..., None], axis=-1)[..., 0]
+        self.xpad = pad_spatial(x, self.padding, value=-xp.inf)
+        self.x, self.x_shape = x, x.shape
+        best = None
+        for _, index in _taps(self.kernel, self.stride, self.out_hw):
+            best = self.xpad[index].copy(order="K") if best is None else xp.maximum(best, self.xpad[index], out=best)
+        self.best = best
+        return best.copy(order="K")
 
     def backward(self, g):
         xp = get_array_module(g)
-        out = xp.zeros(self.padded_shape, dtype=g.dtype)
-        kh, kw = self.kernel
-        for t in range(kh * kw):
-            i, j = divmod(t, kw)
-            out[_tap_slice(i, j, self.stride, self.out_hw)] += g * (self.argmax == t)
+        out = _zeros_like_input(self.x_shape, self.padding, self.x, g.dtype)
+        remaining = g.copy(order="K")  # the gradient not yet given to an earlier tap of the window
+        disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))  # windows do not overlap
+        for _, index in _taps(self.kernel, self.stride, self.out_hw):
+            hit = self.xpad[index] == self.best
+            if disjoint:  # (multiplying by a bool mask is much faster than copyto/where in NumPy)
+                xp.multiply(remaining, hit, out=out[index])
+            else:
+                out[index] += remaining * hit
+            xp.multiply(remaining, ~hit, out=remaining)
         return _crop(out, self.padding, self.x_shape)
 
 
@@ -74,17 +91,17 @@ class AvgPool2d(Function):
     def forward(self, x):
         self.kernel, self.stride, self.padding, self.out_hw = _geometry(x, *self.args)
         xpad = pad_spatial(x, self.padding)
-        self.x_shape, self.padded_shape = x.shape, xpad.shape
-        return _tap_windows(xpad, self.kernel, self.stride, self.out_hw).mean(axis=(-2, -1))
+        self.x, self.x_shape = x, x.shape
+        total = None
+        for _, index in _taps(self.kernel, self.stride, self.out_hw):
+            total = xpad[index].copy(order="K") if total is None else total + xpad[index]
+        return total / (self.kernel[0] * self.kernel[1])
 
     def backward(self, g):
-        xp = get_array_module(g)
-        out = xp.zeros(self.padded_shape, dtype=g.dtype)
-        kh, kw = self.kernel
-        share = g / (kh * kw)
-        for i in range(kh):
-            for j in range(kw):
-                out[_tap_slice(i, j, self.stride, self.out_hw)] += share
+        out = _zeros_like_input(self.x_shape, self.padding, self.x, g.dtype)
+        share = g / (self.kernel[0] * self.kernel[1])
+        for _, index in _taps(self.kernel, self.stride, self.out_hw):
+            out[index] += share
         return _crop(out, self.padding, self.x_shape)
 
 

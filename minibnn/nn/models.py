@@ -1,4 +1,7 @@
-"""The model zoo: binary LeNet, MLP, VGG-small and ResNet-18 (float first and last layer)."""
+"""The model zoo: binary LeNet, MLP, VGG-small and ResNet-18 (float first and last layer).
+
+Each QConv2d / QDense binarizes its own input, so no separate QActivation precedes it.
+"""
 from __future__ import annotations
 
 from minibnn.autograd import Tensor
@@ -7,7 +10,7 @@ from minibnn.nn.layers import (
     Sequential, Tanh,
 )
 from minibnn.nn.module import Module
-from minibnn.nn.quantized import QActivation, QConv2d, QDense
+from minibnn.nn.quantized import QConv2d, QDense
 
 
 def lenet(act_bit: int = 1, weight_bit: int = 1, channels: tuple[int, int] = (64, 64),
@@ -16,12 +19,10 @@ def lenet(act_bit: int = 1, weight_bit: int = 1, channels: tuple[int, int] = (64
     c1, c2 = channels
     return Sequential(
         Conv2d(in_channels, c1, 5),                  # float first layer
-        Tanh(), MaxPool2d(2), BatchNorm2d(c1),
-        QActivation(act_bit),
+        MaxPool2d(2), Tanh(), BatchNorm2d(c1),       # pool first: same result (tanh is monotonic), 4x less tanh
         QConv2d(c1, c2, 5, act_bit=act_bit, weight_bit=weight_bit),
         BatchNorm2d(c2), MaxPool2d(2),
         Flatten(), BatchNorm1d(c2 * 16),
-        QActivation(act_bit),
         QDense(c2 * 16, hidden, act_bit=act_bit, weight_bit=weight_bit),
         BatchNorm1d(hidden), Tanh(),
         Dense(hidden, num_classes),                  # float last layer
@@ -33,7 +34,7 @@ def binary_mlp(in_features: int = 784, hidden: tuple[int, ...] = (512, 512), num
     """MLP: float first dense, binary hidden denses with batch norm, float classifier."""
     layers: list[Module] = [Flatten(), Dense(in_features, hidden[0]), BatchNorm1d(hidden[0])]
     for a, b in zip(hidden[:-1], hidden[1:]):
-        layers += [QActivation(act_bit), QDense(a, b, act_bit=act_bit, weight_bit=weight_bit), BatchNorm1d(b)]
+        layers += [QDense(a, b, act_bit=act_bit, weight_bit=weight_bit), BatchNorm1d(b)]
     layers += [Tanh(), Dense(hidden[-1], num_classes)]
     return Sequential(*layers)
 
@@ -43,7 +44,7 @@ def vgg_small(num_classes: int = 10, in_channels: int = 3, act_bit: int = 1, wei
     """VGG-small (as in LQ-Nets / Larq): float first conv, five binary 3x3 convs, float classifier."""
     w = width
     def qconv(cin: int, cout: int) -> list[Module]:
-        return [QActivation(act_bit), QConv2d(cin, cout, 3, padding=1, act_bit=act_bit, weight_bit=weight_bit)]
+        return [QConv2d(cin, cout, 3, padding=1, act_bit=act_bit, weight_bit=weight_bit)]
     layers: list[Module] = [Conv2d(in_channels, w, 3, padding=1, bias=False), BatchNorm2d(w)]
     layers += qconv(w, w) + [MaxPool2d(2), BatchNorm2d(w)]
     layers += qconv(w, 2 * w) + [BatchNorm2d(2 * w)]
@@ -62,10 +63,8 @@ class BasicBlock(Module):
                  act_bit: int = 1, weight_bit: int = 1) -> None:
         super().__init__()
         bits = dict(act_bit=act_bit, weight_bit=weight_bit)
-        self.act1 = QActivation(act_bit)
         self.conv1 = QConv2d(in_channels, out_channels, 3, stride=stride, padding=1, **bits)
         self.bn1 = BatchNorm2d(out_channels)
-        self.act2 = QActivation(act_bit)
         self.conv2 = QConv2d(out_channels, out_channels, 3, padding=1, **bits)
         self.bn2 = BatchNorm2d(out_channels)
         if stride != 1 or in_channels != out_channels:  # float downsampling shortcut (as Bi-Real/Larq)
@@ -75,8 +74,8 @@ class BasicBlock(Module):
             self.shortcut = Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.bn1(self.conv1(self.act1(x))) + self.shortcut(x)
-        return self.bn2(self.conv2(self.act2(y))) + y
+        y = self.bn1(self.conv1(x)) + self.shortcut(x)  # each QConv2d binarizes its own input
+        return self.bn2(self.conv2(y)) + y
 
 
 class ResNet(Module):

@@ -161,7 +161,7 @@ class Module:
 
     def extra_repr(self) -> str:
         """Constructor arguments shown by repr()."""
-        return ", ".join(f"{k}={v!r}" for k, v in self._init_args.items() if not isinstance(v, (Module, list)))
+        return ", ".join(f"{k}={v!r}" for k, v in self._init_args.items() if not _holds_module(v))
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__}({self.extra_repr()}"]
@@ -207,6 +207,11 @@ def _recording(init):
 
     wrapper.__signature__ = signature
     return wrapper
+
+
+def _holds_module(value: Any) -> bool:
+    """True for a Module or a list of them (shown as children in repr, not as arguments)."""
+    return isinstance(value, Module) or (isinstance(value, list) and any(isinstance(v, Module) for v in value))
 
 
 def _encode(value: Any) -> Any:
