@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--schedule", default="cosine", help=", ".join(SCHEDULES))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="output folder (checkpoints, model, history)")
