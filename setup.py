@@ -50,7 +50,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["minibnn", "minibnn.*"]),
     package_data={"minibnn.data": ["mnist/*.gz"]},
-    install_requires=["numpy>=2.0", "tqdm>=4.60"],
+    install_requires=["numpy>=2.0", "tqdm>=4.60", "cffi>=1.15"],  # cffi: runtime of the native module
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80"],
         "gpu": ["cupy>=13"],
