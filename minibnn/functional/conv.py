@@ -105,21 +105,26 @@ class Conv2d(Function):
     def forward(self, x, w, b=None):
         self._check(x, w, b)
         xp = get_array_module(x)
+        self.prepare(x, w, b is not None)
+        if self.groups == 1:
+            y = self.cols[0] @ self.w_rows[0].T
+        else:
+            y = xp.concatenate([cols @ wg.T for cols, wg in zip(self.cols, self.w_rows)], axis=1)
+        if b is not None:
+            y += b
+        return y.reshape(x.shape[0], *self.geo.out_hw, w.shape[0]).transpose(0, 3, 1, 2)
+
+    def prepare(self, x, w, has_bias: bool = False) -> None:
+        """Geometry, im2col columns and weight rows: all that backward() needs."""
+        xp = get_array_module(x)
         geo = Geometry(x.shape[2:], w.shape[2:], self.stride, self.padding, self.dilation)
         if min(geo.out_hw) < 1:
             raise ValueError(f"conv2d: input {tuple(x.shape)} is smaller than the kernel {tuple(w.shape[2:])} "
                              f"(padding {self.padding}, dilation {self.dilation})")
-        n, o = x.shape[0], w.shape[0]
         x_nhwc = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        w_rows = self._weight_rows(w)  # (groups, O/g, kh*kw*C/g)
+        self.w_rows = self._weight_rows(w)  # (groups, O/g, kh*kw*C/g)
         self.cols = [im2col_nhwc(xg, geo) for xg in self._split_channels(x_nhwc)]
-        y = xp.concatenate([cols @ wg.T for cols, wg in zip(self.cols, w_rows)], axis=1) \
-            if self.groups > 1 else self.cols[0] @ w_rows[0].T
-        if b is not None:
-            y += b
-        self.geo, self.w_rows, self.w_shape, self.x_shape_nhwc = geo, w_rows, w.shape, x_nhwc.shape
-        self.has_bias = b is not None
-        return y.reshape(n, *geo.out_hw, o).transpose(0, 3, 1, 2)
+        self.geo, self.w_shape, self.x_shape_nhwc, self.has_bias = geo, w.shape, x_nhwc.shape, has_bias
 
     def _weight_rows(self, w):
         g, (o, c, kh, kw) = self.groups, w.shape

@@ -4,15 +4,20 @@ from __future__ import annotations
 from minibnn.autograd import Function, Tensor
 
 
+def check_shapes(x, w, b=None) -> None:
+    """Raise a ValueError showing both shapes unless x (batch, in), w (out, in), b (out,) fit."""
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {tuple(x.shape)} does not fit weight of shape "
+            f"{tuple(w.shape)} (expected input (batch, {w.shape[1] if w.ndim == 2 else '?'}))"
+        )
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"linear: bias of shape {tuple(b.shape)} does not fit weight {tuple(w.shape)}")
+
+
 class Linear(Function):
     def forward(self, x, w, b=None):
-        if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
-            raise ValueError(
-                f"linear: input of shape {tuple(x.shape)} does not fit weight of shape "
-                f"{tuple(w.shape)} (expected input (batch, {w.shape[1] if w.ndim == 2 else '?'}))"
-            )
-        if b is not None and b.shape != (w.shape[0],):
-            raise ValueError(f"linear: bias of shape {tuple(b.shape)} does not fit weight {tuple(w.shape)}")
+        check_shapes(x, w, b)
         self.x, self.w, self.has_bias = x, w, b is not None
         y = x @ w.T
         return y + b if b is not None else y

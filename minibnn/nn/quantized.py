@@ -1,7 +1,9 @@
 """Drop-in quantized layers (BMXNet's QActivation, QConvolution, QFullyConnected).
 
 A Q-layer quantizes its own input (``act_bit``) and its weights (``weight_bit``) as
-DESIGN.md says; 32 bits means float. With 1-bit weights the latent float weights are
+DESIGN.md says; 32 bits means float. When both are 1 bit the forward pass runs on the
+backend's xnor/popcount kernels (minibnn.functional.binary), exactly equal to the float
+simulation; the backward pass is the straight-through float one. With 1-bit weights the latent float weights are
 kept, trained and clipped to [-1, 1] after each optimizer step (Parameter.clip).
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from minibnn import functional as F
 from minibnn import quantize as Q
 from minibnn.autograd import Tensor
+from minibnn.functional.binary import xnor_conv2d, xnor_linear
 from minibnn.functional.conv import pair
 from minibnn.nn import init
 from minibnn.nn.module import Module, Parameter
@@ -91,8 +94,9 @@ class QDense(_QLayer):
         self.bias = Parameter(init.bias_uniform(out_features, in_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xq = _quantize_input(x, self.act_bit)
-        return self._epilogue(F.linear(xq, self.quantized_weight()))
+        xq, wq = _quantize_input(x, self.act_bit), self.quantized_weight()
+        y = xnor_linear(xq, wq) if self.is_binary else F.linear(xq, wq)
+        return self._epilogue(y)
 
 
 class QConv2d(_QLayer):
@@ -115,7 +119,9 @@ class QConv2d(_QLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         xq = _quantize_input(x, self.act_bit)
-        if self.pad_value == 0:
+        if self.is_binary:  # packed bits on the backend's popcount kernels, exact
+            y = xnor_conv2d(xq, self.quantized_weight(), self.stride, self.padding, self.pad_value)
+        elif self.pad_value == 0:
             y = F.conv2d(xq, self.quantized_weight(), stride=self.stride, padding=self.padding)
         else:  # pad the quantized input with +-1 before a padding-free convolution
             xq = F.pad2d(xq, self.padding, self.pad_value)

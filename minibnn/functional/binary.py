@@ -1,0 +1,84 @@
+"""Binary layers on the backend's popcount kernels: exact forward, straight-through backward.
+
+The inputs are already +-1 (the Q-layer applied its sign / STE quantizers). The forward
+pass packs them into bits and runs the backend's ``xnor_gemm`` / ``binary_conv2d``; the
+integer results equal the float products of the +-1 tensors exactly (sums of +-1 are
+integers below 2^24). The backward pass is the float one of linear / conv2d on the same
++-1 tensors, so training and packed inference share their kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minibnn import backend
+from minibnn.autograd import Function, Tensor
+from minibnn.functional.conv import Conv2d, conv_output_size, pad_spatial, pair
+from minibnn.functional.linear import check_shapes
+
+PAD_VALUES = (0, 1, -1)
+
+
+class XnorLinear(Function):
+    """y = xq @ wq.T for +-1 matrices xq (batch, in) and wq (out, in), by XNOR and popcount."""
+
+    def forward(self, xq, wq):
+        check_shapes(xq, wq)
+        kernels = backend.kernels()
+        xp = backend.get_array_module(xq)
+        out = xp.empty((xq.shape[0], wq.shape[0]), dtype=np.int32)
+        kernels.xnor_gemm(kernels.pack_bits(xq, axis=1), kernels.pack_bits(wq, axis=1), xq.shape[1], out)
+        self.xq, self.wq = xq, wq
+        return out.astype(xq.dtype)
+
+    def backward(self, g):
+        gx = g @ self.wq if self.needs_input_grad[0] else None
+        gw = g.T @ self.xq if self.needs_input_grad[1] else None
+        return gx, gw
+
+
+class XnorConv2d(Function):
+    """2-D convolution of +-1 NCHW ``xq`` with +-1 (out, in, kh, kw) ``wq``, padding with ``pad_value``."""
+
+    def __init__(self, stride, padding, pad_value: int):
+        if pad_value not in PAD_VALUES:
+            raise ValueError(f"xnor_conv2d: pad_value must be one of {PAD_VALUES}, got {pad_value!r}")
+        self.stride, self.padding, self.pad_value = pair(stride, "stride"), pair(padding, "padding"), pad_value
+
+    def forward(self, xq, wq):
+        Conv2d(self.stride, self.padding, 1, 1)._check(xq, wq, None)
+        kernels = backend.kernels()
+        xp = backend.get_array_module(xq)
+        (n, c, h, w), o = xq.shape, wq.shape[0]
+        out_hw = [conv_output_size(size, k, s, p) for size, k, s, p in
+                  zip((h, w), wq.shape[2:], self.stride, self.padding)]
+        if min(out_hw) < 1:
+            raise ValueError(f"xnor_conv2d: input {tuple(xq.shape)} is smaller than the kernel {tuple(wq.shape[2:])}")
+        # pack along channels from the NHWC view: free when the activations are NHWC in memory
+        x_words = kernels.pack_bits(xq.transpose(0, 2, 3, 1), axis=-1)
+        w_words = kernels.pack_bits(wq.transpose(0, 2, 3, 1), axis=-1)
+        out = xp.empty((n, *out_hw, o), dtype=np.int32)
+        kernels.binary_conv2d(x_words, w_words, c, self.stride, self.padding, self.pad_value, out)
+        self.xq, self.wq = xq, wq
+        return out.astype(xq.dtype).transpose(0, 3, 1, 2)
+
+    def backward(self, g):
+        # straight through: the float convolution's backward on the (padded) +-1 tensors
+        explicit = self.pad_value != 0
+        conv = Conv2d(self.stride, 0 if explicit else self.padding, 1, 1)
+        conv.needs_input_grad = self.needs_input_grad
+        conv.prepare(pad_spatial(self.xq, self.padding, self.pad_value) if explicit else self.xq, self.wq)
+        gx, gw = conv.backward(g)
+        if explicit and gx is not None:  # the constant padding has no gradient
+            (ph, pw), (h, w) = self.padding, self.xq.shape[2:]
+            gx = gx[:, :, ph : ph + h, pw : pw + w]
+        return gx, gw
+
+
+def xnor_linear(xq, wq) -> Tensor:
+    """+-1 matrix product xq @ wq.T on the backend's xnor_gemm (straight-through backward)."""
+    return XnorLinear.apply(xq, wq)
+
+
+def xnor_conv2d(xq, wq, stride=1, padding=0, pad_value: int = 0) -> Tensor:
+    """+-1 convolution on the backend's binary_conv2d, padded with pad_value (0, +1 or -1)."""
+    return XnorConv2d.apply(xq, wq, stride=stride, padding=padding, pad_value=pad_value)
