@@ -12,11 +12,16 @@ Arrays stay NumPy arrays (``xp = numpy``).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy
 
 from minibnn.backend import BackendUnavailable
 from minibnn.backend import numpy_ref as _ref
+
+# OpenMP threads that spin after each kernel steal the cores from OpenBLAS's threads (and the
+# other way round): on 2 cores that made both 2-10x slower. Sleep instead, unless the user chose.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     from minibnn._native import ffi as _ffi
