@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py
+
 # (input size, C_in, C_out, stride): the distinct binary 3x3 convolutions of ResNet-18
 LAYERS = {
     32: [(32, 64, 64, 1), (32, 64, 128, 2), (16, 128, 128, 1), (16, 128, 256, 2), (8, 256, 256, 1),
@@ -59,14 +61,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn) -> float:

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model, blas_name  # benchmarks/machine.py
+
 SHAPES = [(64, 3136, 576), (128, 784, 1152), (256, 196, 2304), (512, 49, 4608),
           (1024, 1024, 1024), (10, 256, 4096), (64, 1000, 4096)]
 CONV_SHAPES = SHAPES[:4]
@@ -51,22 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def blas_name(np) -> str:
-    try:
-        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{info.get('name', '?')} {info.get('version', '')}".strip()
-    except Exception:
-        return "unknown BLAS"
 
 
 def timed(fn) -> float:

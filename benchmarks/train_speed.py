@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model, blas_name  # benchmarks/machine.py
+
 EPOCH_IMAGES = 60000  # MNIST training set
 TORCH_HINT = "pip install torch==2.13.0"
 MODELS = {"float": (32, 32), "binary": (1, 1)}  # name -> (act_bit, weight_bit) of minibnn.models.lenet
@@ -77,22 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---- the machine --------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def blas_name(np) -> str:
-    try:
-        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{info.get('name', '?')} {info.get('version', '')}".strip()
-    except Exception:  # older NumPy or unusual builds: not worth failing over
-        return "unknown BLAS"
 
 
 # ---- PyTorch mirror of a minibnn Sequential ------------------------------------------------
