@@ -139,7 +139,7 @@ class Conv2d(Function):
 
     def backward(self, grad):
         xp = get_array_module(grad)
-        n, o, g = grad.shape[0], self.w_shape[0], self.groups
+        o, g = self.w_shape[0], self.groups
         g_rows = grad.transpose(0, 2, 3, 1).reshape(-1, o)  # free when grad is NHWC in memory
         og = o // g
         gx = gw = None

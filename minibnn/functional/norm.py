@@ -59,7 +59,6 @@ class BatchNorm(Function):
         if self.needs_input_grad[0]:
             gxhat = g * self.weight.reshape(bshape) if self.weight is not None else g
             if self.batch_stats:
-                n = g.size // g.shape[1]
                 mean_g = gxhat.mean(axis=axes, keepdims=True)
                 mean_gx = (gxhat * self.xhat).mean(axis=axes, keepdims=True)
                 gx = (gxhat - mean_g - self.xhat * mean_gx) * self.inv_std
