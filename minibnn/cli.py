@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model on a dataset's test split."""
     import minibnn
     from minibnn import data, train
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="mnist")
     e.add_argument("--data-root")
     e.add_argument("--batch-size", type=int, default=500)
-    e.set_defaults(run=cmd_eval)
+    e.set_defaults(run=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train a binarized LeNet on MNIST in about 3 minutes")
     d.add_argument("--seconds", type=float, default=170.0)

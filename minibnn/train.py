@@ -42,7 +42,7 @@ class History:
 def evaluate(model, loader, progress: bool = False) -> dict[str, float]:
     """Loss, accuracy and throughput of ``model`` (in eval mode) over ``loader``."""
     was_training = model.training
-    model.eval()
+    model.train(False)  # evaluation mode
     total_loss, correct, count = 0.0, 0, 0
     start = time.perf_counter()
     with no_grad():
@@ -172,7 +172,7 @@ def load_checkpoint(folder, model, optimizer, schedule=None) -> tuple[int, Histo
 
 def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class predictions of ``model`` (eval mode) for a batch of images."""
-    model.eval()
+    model.train(False)  # evaluation mode
     out = []
     with no_grad():
         for i in range(0, len(images), batch_size):

@@ -109,7 +109,7 @@ class Module:
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> "Module":  # safe: the PyTorch-style mode switch, not Python's eval
         """Evaluation mode (running statistics, dropout off); returns self."""
         return self.train(False)
 
