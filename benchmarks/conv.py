@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py
+from machine import print_report, run_children  # benchmarks/machine.py
 
 # (input size, C_in, C_out, stride): the distinct binary 3x3 convolutions of ResNet-18
 LAYERS = {
@@ -40,7 +37,6 @@ LAYERS = {
     56: [(56, 64, 64, 1), (56, 64, 128, 2), (28, 128, 128, 1), (28, 128, 256, 2), (14, 256, 256, 1),
          (14, 256, 512, 2), (7, 512, 512, 1)],
 }
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINIBNN_NUM_THREADS")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -173,27 +169,12 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(measure(args)))
         return 0
-    results = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})
-        cmd = [sys.executable, __file__, "--child", "--threads", str(threads), "--repeats", str(args.repeats),
-               "--batches", args.batches, "--sizes", args.sizes]
-        if args.no_torch:
-            cmd.append("--no-torch")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}")
-    print(f"command: python benchmarks/conv.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"median of {args.repeats} runs{' (--quick: a smoke run, not a measurement)' if args.quick else ''}")
-    for result in results:
-        print()
-        print("\n".join(report(result)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    child_args = ["--repeats", str(args.repeats), "--batches", args.batches, "--sizes", args.sizes]
+    child_args += ["--no-torch"] if args.no_torch else []
+    results = run_children(__file__, [int(t) for t in args.threads.split(",")], child_args)
+    if isinstance(results, int):
+        return results
+    print_report("conv.py", argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results], args.json, results)
     return 0
 
 

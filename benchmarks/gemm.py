@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model, blas_name  # benchmarks/machine.py
+from machine import blas_name, print_report, run_children  # benchmarks/machine.py
 
 SHAPES = [(64, 3136, 576), (128, 784, 1152), (256, 196, 2304), (512, 49, 4608),
           (1024, 1024, 1024), (10, 256, 4096), (64, 1000, 4096)]
 CONV_SHAPES = SHAPES[:4]
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINIBNN_NUM_THREADS")
 REF_QUICK_LIMIT = 3_000_000  # --quick: numpy_ref only where M * N * words is below this
 
 
@@ -158,28 +154,11 @@ def main(argv=None) -> int:
         threads = int(args.threads)
         print(json.dumps(measure(threads, args.repeats, args.quick)))
         return 0
-    results = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})
-        cmd = [sys.executable, __file__, "--child", "--threads", str(threads), "--repeats", str(args.repeats)]
-        if args.quick:
-            cmd.append("--quick")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        if proc.stderr.strip():
-            print(proc.stderr.strip(), file=sys.stderr)
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}")
-    print(f"command: python benchmarks/gemm.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"median of {args.repeats} runs{' (--quick: a smoke run, not a measurement)' if args.quick else ''}")
-    for result in results:
-        print()
-        print("\n".join(report(result)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    child_args = ["--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+    results = run_children(__file__, [int(t) for t in args.threads.split(",")], child_args)
+    if isinstance(results, int):
+        return results
+    print_report("gemm.py", argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results], args.json, results)
     return 0
 
 

@@ -1,7 +1,11 @@
 """What the benchmarks print about the machine they ran on (shared by the scripts here)."""
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -23,3 +27,37 @@ def blas_name(np) -> str:
         return f"{info.get('name', '?')} {info.get('version', '')}".strip()
     except Exception:  # older NumPy or unusual builds: not worth failing over
         return "unknown BLAS"
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MINIBNN_NUM_THREADS")
+
+
+def run_children(script: str, thread_counts: list[int], child_args: list[str]) -> list[dict] | int:
+    """Run ``script --child --threads T <child_args>`` once per thread count, each in a fresh process
+    (so BLAS and OpenMP read their thread count at start); return the JSON each printed last, or
+    the exit status of the first child that failed."""
+    results = []
+    for threads in thread_counts:
+        env = dict(os.environ, **{var: str(threads) for var in THREAD_VARS})
+        cmd = [sys.executable, script, "--child", "--threads", str(threads), *child_args]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.stderr.strip():
+            print(proc.stderr.strip(), file=sys.stderr)
+        if proc.returncode != 0:
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def print_report(name: str, argv: list[str] | None, repeats: int, quick: bool, tables: list[str],
+                 json_path: str | None, results: list[dict]) -> None:
+    """The machine and command lines, the tables, and the JSON file when asked for."""
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+          f"Python {platform.python_version()}")
+    print(f"command: python benchmarks/{name} {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+    print(f"median of {repeats} runs{' (--quick: a smoke run, not a measurement)' if quick else ''}")
+    for table in tables:
+        print()
+        print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
