@@ -22,35 +22,17 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-CDEF = """
-#define MBK_OK 0
-#define MBK_EINVAL 1
-#define MBK_ENOMEM 2
-#define MBK_SIMD_AUTO 0
-#define MBK_SIMD_SCALAR 1
+HEADER = os.path.join(HERE, "minibnn_kernels.h")
 
-int mbk_version(void);
-const char *mbk_simd_name(void);
-int mbk_set_simd(int mode);
-int mbk_has_openmp(void);
-int mbk_set_num_threads(int n);
-int mbk_get_num_threads(void);
 
-int mbk_pack_rows_f32(const float *x, int64_t rows, int64_t k, uint64_t *out);
-int mbk_pack_channels_f32(const float *x, int64_t outer, int64_t c, int64_t inner, uint64_t *out);
-int mbk_popcount_rows(const uint64_t *a, int64_t rows, int64_t words, int32_t *out);
-int mbk_xnor_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
-                  int64_t k, int32_t *out);
-int mbk_xnor_gemm_affine(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
-                         int64_t k, const float *scale, const float *bias, float *out);
-int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int64_t h, int64_t w,
-                      int64_t c, int64_t o, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                      int64_t ph, int64_t pw, int pad_value, const int32_t *correction,
-                      const float *scale, const float *bias, int32_t *out, float *out_f);
-int mbk_conv_pad_correction(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t c,
-                            int64_t h, int64_t w, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                            int32_t *correction);
-"""
+def cdef_from_header(path: str = HEADER) -> str:
+    """The declarations cffi needs, read from the C header (one source of truth for the API)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text.split('extern "C" {\n#endif', 1)[1].split("#ifdef __cplusplus\n}", 1)[0]
+
+
+CDEF = cdef_from_header()
 
 OPENMP_PROBE = """
 #include <omp.h>
