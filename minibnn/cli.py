@@ -83,8 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         verbose=True)
     minibnn.save(model, out / "model")
     result = train.evaluate(model, test_loader)
-    (out / "history.json").write_text(json.dumps({"command": sys.argv, "history": history.epochs,
-                                                  "test": result}, indent=1))
+    record = {"command": sys.argv, "history": history.epochs, "test": result}
+    minibnn.io.atomic_write_bytes(out / "history.json", json.dumps(record, indent=1).encode())
     seconds = [r["seconds"] for r in history.epochs]
     print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) after {len(history)} epochs, "
           f"median {np.median(seconds) if seconds else 0:.1f} s/epoch; model saved to {out / 'model'}.json/.npz")

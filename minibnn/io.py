@@ -75,17 +75,40 @@ def read_npz(path: Path, expected_sha256: str | None = None) -> dict[str, np.nda
         raise ModelFileError(f"{path}: not a readable .npz archive ({exc})") from None
 
 
-def write_pair(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Atomically write ``arrays`` (.npz) then ``header`` (.json, with the .npz checksum); return the .json path."""
+def write_pair(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray],
+               versioned: bool = False) -> Path:
+    """Atomically write ``arrays`` (.npz) then ``header`` (.json, with the .npz checksum); return the .json path.
+
+    Each file is replaced atomically, but a crash between the two would leave a new .npz next to
+    the old .json. With ``versioned`` the .npz gets a content-addressed name (``name.<sha>.npz``)
+    named in the .json, so the previous pair stays whole until the new .json replaces the old;
+    the .npz files no .json refers to any more are removed afterwards (used for checkpoints).
+    """
     json_path, npz_path = split_path(path)
     blob = npz_bytes(arrays)
+    digest = hashlib.sha256(blob).hexdigest()
+    if versioned:
+        npz_path = npz_path.with_name(f"{json_path.stem}.{digest[:16]}.npz")
     header = dict(header, format=header.get("format", FORMAT), version=header.get("version", VERSION),
                   arrays={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-                  npz=npz_path.name, npz_sha256=hashlib.sha256(blob).hexdigest())
-    text = json.dumps(header, indent=1)
+                  npz=npz_path.name, npz_sha256=digest)
     atomic_write_bytes(npz_path, blob)
-    atomic_write_bytes(json_path, text.encode())
+    atomic_write_bytes(json_path, json.dumps(header, indent=1).encode())
+    if versioned:
+        for stale in json_path.parent.glob(f"{json_path.stem}.*.npz"):
+            if stale != npz_path:
+                stale.unlink(missing_ok=True)
     return json_path
+
+
+def _npz_beside(json_path: Path, header: dict[str, Any], default: Path) -> Path:
+    """The .npz the header names (a bare file name in the same folder), else ``default``."""
+    name = header.get("npz")
+    if name is None:
+        return default
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ModelFileError(f"{json_path}: bad .npz file name {name!r} (must be a file beside the .json)")
+    return json_path.with_name(name)
 
 
 def read_pair(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -103,6 +126,7 @@ def read_pair(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict[str, Any
     if not isinstance(version, int) or version > VERSION:
         raise ModelFileError(f"{json_path}: format version {version!r} is newer than this minibnn "
                              f"reads ({VERSION}); upgrade minibnn")
+    npz_path = _npz_beside(json_path, header, npz_path)
     arrays = read_npz(npz_path, header.get("npz_sha256"))
     declared = header.get("arrays", {})
     if set(declared) != set(arrays):

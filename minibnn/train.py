@@ -108,6 +108,7 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
                                    "lower the learning rate (the last checkpoint is kept as it was)")
         optimizer.zero_grad()
         loss.backward()
+        _check_gradients(model, epoch, step)  # a binary layer's sign() can hide NaN from the loss
         optimizer.step()
         if schedule is not None:
             schedule.step()
@@ -129,6 +130,15 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     if stopped:
         record["stopped_early"] = 1.0
     return record
+
+
+def _check_gradients(model, epoch: int, step: int) -> None:
+    """Raise TrainingDiverged if any parameter's gradient is NaN or infinite."""
+    for name, p in model.named_parameters():
+        if p.grad is not None and not bool(backend.get_array_module(p.grad).isfinite(p.grad).all()):
+            raise TrainingDiverged(f"the gradient of {name} became NaN or infinite at epoch {epoch + 1}, "
+                                   f"step {step + 1}; lower the learning rate or check the input data "
+                                   "(the last checkpoint is kept as it was)")
 
 
 def _describe(record: dict[str, float]) -> str:
@@ -153,7 +163,7 @@ def save_checkpoint(folder, model, optimizer, schedule, epoch: int, history: His
         "schedule": schedule.state_dict() if schedule is not None else None,
         "rng": random.get_state(),
     }
-    return io.write_pair(Path(folder) / CHECKPOINT, header, arrays)
+    return io.write_pair(Path(folder) / CHECKPOINT, header, arrays, versioned=True)
 
 
 def load_checkpoint(folder, model, optimizer, schedule=None) -> tuple[int, History]:
@@ -167,7 +177,10 @@ def load_checkpoint(folder, model, optimizer, schedule=None) -> tuple[int, Histo
     if schedule is not None and header.get("schedule") is not None:
         schedule.load_state_dict(header["schedule"])
     random.set_state(header["rng"])
-    return header["epoch"] + 1, History(list(header["history"]))
+    history = list(header["history"])
+    if history and history[-1].get("stopped_early"):  # a time budget cut that epoch short: redo it
+        return header["epoch"], History(history[:-1])
+    return header["epoch"] + 1, History(history)
 
 
 def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

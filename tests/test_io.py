@@ -161,3 +161,41 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
         minibnn.save(models.binary_mlp(hidden=(16, 8)), tmp_path / "m")
     assert ((tmp_path / "m.npz").read_bytes(), (tmp_path / "m.json").read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.npz"]
+
+
+def test_versioned_pair_survives_a_crash_between_its_two_writes(tmp_path, monkeypatch):
+    from minibnn import io as mio
+
+    first = models.binary_mlp(hidden=(16, 8))
+    mio.write_pair(tmp_path / "ck", {"architecture": first.to_config()}, first.state_dict(), versioned=True)
+    writes = []
+    real = mio.atomic_write_bytes
+
+    def crash_on_json(path, data):
+        writes.append(path)
+        if path.suffix == ".json":
+            raise KeyboardInterrupt  # killed after the new .npz landed, before the .json
+        real(path, data)
+
+    monkeypatch.setattr(mio, "atomic_write_bytes", crash_on_json)
+    second = models.binary_mlp(hidden=(16, 8))
+    with pytest.raises(KeyboardInterrupt):
+        mio.write_pair(tmp_path / "ck", {"architecture": second.to_config()}, second.state_dict(), versioned=True)
+    monkeypatch.setattr(mio, "atomic_write_bytes", real)
+    assert [p.suffix for p in writes] == [".npz", ".json"]
+    header, arrays = mio.read_pair(tmp_path / "ck")  # the first pair, whole
+    for name, value in first.state_dict().items():
+        np.testing.assert_array_equal(arrays[name], value)
+    # the next successful write removes the orphaned and the replaced .npz
+    mio.write_pair(tmp_path / "ck", {"architecture": second.to_config()}, second.state_dict(), versioned=True)
+    assert len(list(tmp_path.glob("ck.*.npz"))) == 1
+    mio.read_pair(tmp_path / "ck")
+
+
+def test_npz_name_must_stay_beside_the_json(saved):
+    js = saved.with_suffix(".json")
+    header = json.loads(js.read_text())
+    header["npz"] = "../../etc/passwd"
+    js.write_text(json.dumps(header))
+    with pytest.raises(ModelFileError, match="bad .npz file name"):
+        minibnn.load(saved)

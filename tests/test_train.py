@@ -19,7 +19,8 @@ def mnist_subset():
 def _mlp_run(x, y, epochs: int, seed: int = 0, checkpoint_dir=None, resume=False, stop_after=None):
     """Train a binary MLP with a cosine schedule over ``epochs``; stop after ``stop_after`` of them."""
     minibnn.manual_seed(seed)
-    model = models.binary_mlp(hidden=(256, 256))
+    model = models.binary_mlp(hidden=(256, 256, 256))  # two binary QDense layers
+    assert len(optim.binary_parameters(model)) == 2
     opt = optim.Adam(model.parameters(), lr=3e-3)
     loader = data.DataLoader(x, y, 100, shuffle=True, seed=seed)
     sched = optim.make_schedule("cosine", opt, total_steps=epochs * len(loader))
@@ -88,6 +89,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(mnist_subset, t
     loader = _PoisonedLoader(x, y, bad_epoch=1, bad_step=2)
     with pytest.raises(train.TrainingDiverged, match=r"epoch 2, step 3"):
         train.fit(model, loader, opt, 3, checkpoint_dir=tmp_path, progress=False, verbose=False)
+    assert len(list(tmp_path.glob("checkpoint.*.npz"))) == 1
     # the checkpoint of epoch 1 is intact and loads
     fresh = models.binary_mlp(hidden=(64, 64), act_bit=32, weight_bit=32)
     epoch, hist = train.load_checkpoint(tmp_path, fresh, optim.Adam(fresh.parameters(), lr=1e-3))
@@ -112,3 +114,28 @@ def test_resume_refuses_other_architecture(mnist_subset, tmp_path):
     other = models.binary_mlp(hidden=(32, 32))
     with pytest.raises(minibnn.io.ModelFileError, match="another architecture"):
         train.load_checkpoint(tmp_path, other, optim.Adam(other.parameters(), lr=1e-3))
+
+
+def test_nan_hidden_by_binary_layers_still_stops_training(mnist_subset):
+    """sign() maps NaN to -1, so the loss stays finite: the gradient check must catch it."""
+    x, y = mnist_subset[0][:300], mnist_subset[1][:300]
+    minibnn.manual_seed(0)
+    model = models.lenet(1, 1, channels=(8, 8), hidden=32)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(train.TrainingDiverged, match=r"gradient of .* epoch 1, step 2"):
+        train.fit(model, _PoisonedLoader(x, y, bad_epoch=0, bad_step=1), opt, 1, progress=False, verbose=False)
+
+
+def test_time_budget_cut_epoch_is_redone_on_resume(mnist_subset, tmp_path):
+    x, y = mnist_subset[0][:400], mnist_subset[1][:400]
+    minibnn.manual_seed(0)
+    model = models.binary_mlp(hidden=(32, 32))
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loader = data.DataLoader(x, y, 100, shuffle=True, seed=0)
+    hist = train.fit(model, loader, opt, 3, checkpoint_dir=tmp_path, progress=False, verbose=False,
+                     max_seconds=0.0)  # stops after the first batch
+    assert len(hist) == 1 and hist.epochs[0].get("stopped_early")
+    resumed = train.fit(model, loader, opt, 3, checkpoint_dir=tmp_path, resume=True, progress=False,
+                        verbose=False)
+    assert [r["epoch"] for r in resumed.epochs] == [1, 2, 3]
+    assert not any(r.get("stopped_early") for r in resumed.epochs)

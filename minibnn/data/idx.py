@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minibnn.io import atomic_write_bytes
+
 __all__ = ["IDXError", "IDX_DTYPES", "read_idx", "write_idx", "parse_idx",
            "read_bytes", "md5_of_decompressed"]
 
@@ -107,4 +109,4 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     data = header + arr.astype(IDX_DTYPES[code]).tobytes()
     if compress is None:
         compress = str(path).endswith(".gz")
-    Path(path).write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    atomic_write_bytes(Path(path), gzip.compress(data, mtime=0) if compress else data)

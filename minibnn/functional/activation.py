@@ -96,11 +96,11 @@ def sigmoid(x) -> Tensor:
     return Sigmoid.apply(x)
 
 
-def softmax(x, axis: int = -1) -> Tensor:
-    """Softmax along ``axis``."""
-    return Softmax.apply(x, axis=axis)
+def softmax(x, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """Softmax along ``axis`` (``dim`` is PyTorch's name for it)."""
+    return Softmax.apply(x, axis=axis if dim is None else dim)
 
 
-def log_softmax(x, axis: int = -1) -> Tensor:
-    """Log of the softmax along ``axis``, computed stably."""
-    return LogSoftmax.apply(x, axis=axis)
+def log_softmax(x, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """Log of the softmax along ``axis`` (or ``dim``), computed stably."""
+    return LogSoftmax.apply(x, axis=axis if dim is None else dim)
