@@ -655,3 +655,14 @@ def test_error_messages_are_readable():
     with pytest.raises(ValueError) as exc:
         F.cross_entropy(Tensor(np.zeros((4, 3))), np.zeros(5, dtype=np.int64))
     assert re.search(r"cross_entropy", str(exc.value))
+
+
+def test_flatten_start_and_end_dim_follow_pytorch():
+    x = np.arange(120, dtype=np.float64).reshape(2, 3, 4, 5)
+    for start, end in [(1, -1), (1, 2), (0, -1), (2, 3), (0, 0)]:
+        got = F.flatten(minibnn.Tensor(x, dtype=np.float64), start, end).numpy()
+        expected_shape = x.shape[:start] + (int(np.prod(x.shape[start:end % 4 + 1])),) + x.shape[end % 4 + 1:]
+        assert got.shape == expected_shape
+        np.testing.assert_array_equal(got.ravel(), x.ravel())
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        F.flatten(minibnn.Tensor(x), 2, 1)

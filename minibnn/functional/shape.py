@@ -91,9 +91,13 @@ def getitem(x, index) -> Tensor:
     return GetItem.apply(x, index=index)
 
 
-def flatten(x, start_dim: int = 1) -> Tensor:
-    """Merge all axes from ``start_dim`` on into one (PyTorch's flatten)."""
-    shape = x.shape[:start_dim] + (-1,)
+def flatten(x, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    """Merge axes start_dim..end_dim into one (nn.Flatten's defaults: keep the batch axis)."""
+    ndim = len(x.shape)
+    start, end = start_dim % ndim, end_dim % ndim
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {tuple(x.shape)}")
+    shape = tuple(x.shape[:start]) + (-1,) + tuple(x.shape[end + 1 :])
     return Reshape.apply(x, shape=shape)
 
 
