@@ -25,10 +25,9 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from machine import print_report, run_children  # benchmarks/machine.py
+from machine import print_report, run_children, timed  # benchmarks/machine.py
 
 # (input size, C_in, C_out, stride): the distinct binary 3x3 convolutions of ResNet-18
 LAYERS = {
@@ -55,14 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     return args
-
-
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def measure(args) -> dict:

@@ -23,10 +23,9 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from machine import blas_name, print_report, run_children  # benchmarks/machine.py
+from machine import blas_name, print_report, run_children, timed  # benchmarks/machine.py
 
 SHAPES = [(64, 3136, 576), (128, 784, 1152), (256, 196, 2304), (512, 49, 4608),
           (1024, 1024, 1024), (10, 256, 4096), (64, 1000, 4096)]
@@ -47,16 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     return args
-
-
-
-
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def measure(threads: int, repeats: int, quick: bool) -> dict:

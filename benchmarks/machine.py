@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -61,3 +62,10 @@ def print_report(name: str, argv: list[str] | None, repeats: int, quick: bool, t
         print(table)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))
+
+
+def timed(fn) -> float:
+    """Seconds one call of ``fn()`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -112,6 +112,14 @@ def check_disjoint(out: np.ndarray, **inputs) -> None:
             raise ValueError(f"out must not overlap {name}")
 
 
+def check_epilogue(scale, bias, n: int, what: str, contiguous: bool) -> None:
+    """scale and bias, when given, must be float32 vectors of length ``n`` (one per output column)."""
+    for name, v in (("scale", scale), ("bias", bias)):
+        if v is not None:
+            check_array(name, v, np.float32, 1, f"{what} float32", contiguous)
+            check_shape(name, v, (n,), what)
+
+
 def check_gemm(a_words, b_words, k, out, out_dtype, contiguous: bool, scale=None, bias=None) -> int:
     """Validate the xnor_gemm arguments; returns k as an int."""
     what = "packed rows, uint64 words"
@@ -125,10 +133,7 @@ def check_gemm(a_words, b_words, k, out, out_dtype, contiguous: bool, scale=None
     m, n = a_words.shape[0], b_words.shape[0]
     check_array("out", out, out_dtype, 2, "(M, N) output", contiguous, writable=True)
     check_shape("out", out, (m, n), "(M, N) = (a_words rows, b_words rows)")
-    for name, v in (("scale", scale), ("bias", bias)):
-        if v is not None:
-            check_array(name, v, np.float32, 1, "(N,) per-column float32", contiguous)
-            check_shape(name, v, (n,), "(N,) = b_words rows")
+    check_epilogue(scale, bias, n, "(N,) = b_words rows", contiguous)
     check_tail("a_words", a_words, k)
     check_tail("b_words", b_words, k)
     check_disjoint(out, a_words=a_words, b_words=b_words, scale=scale, bias=bias)
@@ -165,10 +170,7 @@ def check_conv(x_words, w_words, channels, stride, padding, pad_value, out, out_
     if correction is not None:
         check_array("correction", correction, np.int32, 3, "(OH, OW, O) from conv_pad_correction", contiguous)
         check_shape("correction", correction, (oh, ow, o), "(OH, OW, O) from conv_pad_correction")
-    for name, v in (("scale", scale), ("bias", bias)):
-        if v is not None:
-            check_array(name, v, np.float32, 1, "(O,) per-channel float32", contiguous)
-            check_shape(name, v, (o,), "(O,) = w_words.shape[0]")
+    check_epilogue(scale, bias, o, "(O,) = w_words.shape[0]", contiguous)
     check_tail("x_words", x_words, c)
     check_tail("w_words", w_words, c)
     check_disjoint(out, x_words=x_words, w_words=w_words, correction=correction, scale=scale, bias=bias)
