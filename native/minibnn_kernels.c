@@ -116,7 +116,7 @@ static int env_threads(const char *name) {
 
 /* ------------------------------------------------------------------ configuration */
 
-int mbk_version(void) { return 1; }
+int mbk_version(void) { return 2; }
 
 int mbk_has_openmp(void) {
 #ifdef _OPENMP
@@ -210,9 +210,31 @@ typedef struct {
     int64_t ohw;          /* conv: output positions per image (correction row index) */
     const int32_t *corr;  /* conv pad_value 0: (ohw, n) */
     const float *scale, *bias;
+    const int32_t *thr;   /* threshold output: bit = (dot >= thr[j]) != flip[j] */
+    const uint8_t *flip;
     int32_t *out;         /* (m, n) int32, or NULL */
     float *out_f;         /* (m, n) float32, or NULL */
+    uint8_t *out_bits;    /* (m, ceil(n / 64)) uint64 words seen as bytes, or NULL */
+    int64_t out_words;    /* ceil(n / 64) */
 } job_t;
+
+/* Byte j (bits 8j .. 8j + 7) of a uint64 word lies at byte offset j on little-endian machines and
+ * 7 - j on big-endian ones. Each micro tile spans NR = 8 columns, one byte of an output word, so
+ * threads that own different tiles never write the same byte. */
+static int byte_in_word(int j) {
+    const uint16_t probe = 1;
+    uint8_t first;
+    memcpy(&first, &probe, 1);
+    return first == 1 ? j : 7 - j;
+}
+
+static void store_bits(const job_t *jb, int64_t row, int64_t n0, int nr, const int32_t *v) {
+    uint8_t byte = 0;
+    for (int j = 0; j < nr; ++j)
+        byte |= (uint8_t)(((v[j] >= jb->thr[n0 + j]) != (jb->flip[n0 + j] != 0)) << j);
+    const int64_t word = n0 / 64;
+    jb->out_bits[(row * jb->out_words + word) * 8 + byte_in_word((int)((n0 % 64) / 8))] = byte;
+}
 
 #if defined(__GNUC__) || defined(__clang__)
 #define MBK_INLINE static inline __attribute__((always_inline))
@@ -223,7 +245,7 @@ typedef struct {
 /* rows m0 .. m0 + mr of the tile at columns n0 .. n0 + nr; crow[i]: correction row or NULL */
 MBK_INLINE void store_tile(const job_t *jb, int64_t m0, int mr, int64_t n0, int nr,
                            const int32_t *const *crow, const int32_t *dot) {
-    if (jb->out_f == NULL && crow == NULL && nr == NR) { /* the common case: plain copies */
+    if (jb->out_f == NULL && jb->out_bits == NULL && crow == NULL && nr == NR) { /* plain copies */
         for (int i = 0; i < mr; ++i) memcpy(jb->out + (m0 + i) * jb->n + n0, dot + i * NR, sizeof(int32_t) * NR);
         return;
     }
@@ -237,7 +259,9 @@ MBK_INLINE void store_tile(const job_t *jb, int64_t m0, int mr, int64_t n0, int 
         } else {
             for (int j = 0; j < nr; ++j) v[j] = d[j];
         }
-        if (jb->out_f != NULL) {
+        if (jb->out_bits != NULL) {
+            store_bits(jb, row, n0, nr, v);
+        } else if (jb->out_f != NULL) {
             float *o = jb->out_f + row * jb->n + n0;
             const float *s = jb->scale + n0, *b = jb->bias + n0;
             for (int j = 0; j < nr; ++j) {
@@ -484,6 +508,7 @@ static void run_task(const job_t *jb, block_fn block, int64_t mb, int64_t nsplit
 static int run_job(job_t *jb) {
     const int64_t m = jb->m, n = jb->n, words = jb->words;
     if (m == 0 || n == 0) return MBK_OK;
+    if (jb->out_bits != NULL) memset(jb->out_bits, 0, (size_t)(m * jb->out_words) * sizeof(uint64_t));
     if (words == 0) { /* k == 0: every dot is 0 */
         int32_t dot[MR * NR] = {0};
         for (int64_t m0 = 0; m0 < m; m0 += MR)
@@ -579,6 +604,17 @@ int mbk_xnor_gemm_affine(const uint64_t *a, const uint64_t *b, int64_t m, int64_
     return run_job(&jb);
 }
 
+int mbk_xnor_gemm_threshold(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
+                            int64_t k, const int32_t *thr, const uint8_t *flip, uint64_t *out) {
+    if (!gemm_args_ok(a, b, m, n, words, k)) return MBK_EINVAL;
+    if (m > 0 && n > 0 && (out == NULL || thr == NULL || flip == NULL)) return MBK_EINVAL;
+    job_t jb;
+    memset(&jb, 0, sizeof jb);
+    jb.m = m, jb.n = n, jb.words = words, jb.k = k, jb.a = a, jb.b = b;
+    jb.thr = thr, jb.flip = flip, jb.out_bits = (uint8_t *)out, jb.out_words = (n + 63) / 64;
+    return run_job(&jb);
+}
+
 /* ------------------------------------------------------------------ convolution */
 
 static int64_t conv_out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad) {
@@ -597,12 +633,14 @@ static int conv_args_ok(int64_t batch, int64_t h, int64_t w, int64_t c, int64_t 
 int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int64_t h, int64_t w,
                       int64_t c, int64_t o, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                       int64_t ph, int64_t pw, int pad_value, const int32_t *correction,
-                      const float *scale, const float *bias, int32_t *out, float *out_f) {
+                      const float *scale, const float *bias, const int32_t *thr, const uint8_t *flip,
+                      int32_t *out, float *out_f, uint64_t *out_bits) {
     if (!conv_args_ok(batch, h, w, c, o, kh, kw, sh, sw, ph, pw)) return MBK_EINVAL;
     if (pad_value != 0 && pad_value != 1 && pad_value != -1) return MBK_EINVAL;
     if (pad_value == 0 && correction == NULL) return MBK_EINVAL;
-    if ((out == NULL) == (out_f == NULL)) return MBK_EINVAL;
+    if ((out != NULL) + (out_f != NULL) + (out_bits != NULL) != 1) return MBK_EINVAL;
     if (out_f != NULL && (scale == NULL || bias == NULL)) return MBK_EINVAL;
+    if (out_bits != NULL && (thr == NULL || flip == NULL)) return MBK_EINVAL;
     if (batch == 0 || o == 0) return MBK_OK;
     if (x == NULL || wt == NULL) return MBK_EINVAL;
 
@@ -628,6 +666,7 @@ int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int6
     jb.cv = &g, jb.b = wt, jb.ohw = g.oh * g.ow;
     jb.corr = pad_value == 0 ? correction : NULL;
     jb.scale = scale, jb.bias = bias, jb.out = out, jb.out_f = out_f;
+    jb.thr = thr, jb.flip = flip, jb.out_bits = (uint8_t *)out_bits, jb.out_words = (o + 63) / 64;
     const int rc = run_job(&jb);
     free(pad);
     return rc;

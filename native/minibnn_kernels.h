@@ -48,16 +48,23 @@ int mbk_xnor_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, in
 int mbk_xnor_gemm_affine(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
                          int64_t k, const float *scale, const float *bias, float *out);
 
+/* out (m, ceil(n / 64)) uint64 words, bits LSB first: bit j of row i = (dot[i, j] >= thr[j]) != flip[j]
+ * (flip[j] is 0 or 1), tail bits 0. The integer threshold a folded batch norm + sign becomes. */
+int mbk_xnor_gemm_threshold(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
+                            int64_t k, const int32_t *thr, const uint8_t *flip, uint64_t *out);
+
 /* Binary convolution on channel-packed words.
  * x (batch, h, w, wc) and wt (o, kh, kw, wc) with wc == ceil(c / 64); output (batch, oh, ow, o)
  * with oh = (h + 2 ph - kh) / sh + 1 (same for ow). pad_value -1: padded bits 0; +1: padded bits 1
  * on the c valid bits only; 0: computed as -1 and then `correction` (oh, ow, o) is added (it must
- * then be given, see mbk_conv_pad_correction). Exactly one of out (int32) and out_f (float32,
- * out_f = scale[o] * y + bias[o]; scale and bias needed) is non-NULL. */
+ * then be given, see mbk_conv_pad_correction). Exactly one output is non-NULL: out (int32),
+ * out_f (float32, out_f = scale[o] * y + bias[o]; scale and bias needed) or out_bits (packed
+ * (batch, oh, ow, ceil(o / 64)) words as mbk_xnor_gemm_threshold writes them; thr and flip needed). */
 int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int64_t h, int64_t w,
                       int64_t c, int64_t o, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                       int64_t ph, int64_t pw, int pad_value, const int32_t *correction,
-                      const float *scale, const float *bias, int32_t *out, float *out_f);
+                      const float *scale, const float *bias, const int32_t *thr, const uint8_t *flip,
+                      int32_t *out, float *out_f, uint64_t *out_bits);
 /* correction (oh, ow, o): for each output position, the sum over its kernel taps that fall in the
  * padding of s[o, tap] = sum over channels of the +-1 weight (what -1 padding took away). */
 int mbk_conv_pad_correction(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t c,

@@ -122,6 +122,22 @@ static void random_words(uint64_t *a, int64_t rows, int64_t k) {
         }
 }
 
+/* Random thresholds near the values of ref (rows, n) and the packed bits they give: the reference
+ * for the threshold outputs. Returns the words (rows, ceil(n / 64)); thr and flip are filled. */
+static uint64_t *threshold_ref(const int32_t *ref, int64_t rows, int64_t n, int32_t *thr, uint8_t *flip) {
+    const int64_t ow = (n + 63) / 64;
+    uint64_t *bits = xmalloc((size_t)(rows * ow + 1) * sizeof(uint64_t));
+    memset(bits, 0, (size_t)(rows * ow + 1) * sizeof(uint64_t));
+    for (int64_t j = 0; j < n; ++j) {
+        thr[j] = rows ? ref[(int64_t)(rng() % (uint64_t)rows) * n + j] + (int32_t)(rng() % 3) - 1 : 0;
+        flip[j] = (uint8_t)(rng() % 2);
+    }
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < n; ++j)
+            if ((ref[i * n + j] >= thr[j]) != flip[j]) bits[i * ow + j / 64] |= (uint64_t)1 << (j % 64);
+    return bits;
+}
+
 static void test_gemm(int64_t m, int64_t n, int64_t k) {
     const int64_t words = (k + 63) / 64;
     uint64_t *a = xmalloc((size_t)(m * words) * sizeof(uint64_t));
@@ -148,9 +164,17 @@ static void test_gemm(int64_t m, int64_t n, int64_t k) {
         }
     char detail[128];
     snprintf(detail, sizeof detail, "m=%lld n=%lld k=%lld", (long long)m, (long long)n, (long long)k);
+    int32_t *thr = xmalloc((size_t)n * sizeof(int32_t));
+    uint8_t *flip = xmalloc((size_t)n);
+    uint64_t *bref = threshold_ref(ref, m, n, thr, flip);
+    const size_t bbytes = (size_t)(m * ((n + 63) / 64)) * sizeof(uint64_t);
+    uint64_t *bgot = xmalloc(bbytes + sizeof(uint64_t));
     for (int s = 0; s < 2; ++s)
         for (int t = 0; t < 2; ++t) {
             set_config(s, t);
+            memset(bgot, 0xA5, bbytes);
+            check(mbk_xnor_gemm_threshold(a, b, m, n, words, k, thr, flip, bgot) == MBK_OK, "threshold rc", detail);
+            check(memcmp(bref, bgot, bbytes) == 0, "gemm threshold", detail);
             memset(got, 0x7F, (size_t)(m * n) * sizeof(int32_t));
             check(mbk_xnor_gemm(a, b, m, n, words, k, got) == MBK_OK, "gemm rc", detail);
             check(memcmp(ref, got, (size_t)(m * n) * sizeof(int32_t)) == 0, "gemm", detail);
@@ -167,6 +191,7 @@ static void test_gemm(int64_t m, int64_t n, int64_t k) {
     }
     free(pop);
     free(a), free(b), free(ref), free(got), free(scale), free(bias), free(fref), free(fgot);
+    free(thr), free(flip), free(bref), free(bgot);
 }
 
 static int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad) {
@@ -219,6 +244,11 @@ static void test_conv(int64_t batch, int64_t c, int64_t h, int64_t w, int64_t o,
     snprintf(detail, sizeof detail, "batch=%lld c=%lld hw=%lldx%lld o=%lld k=%lldx%lld s=%lld,%lld p=%lld,%lld pad=%d",
              (long long)batch, (long long)c, (long long)h, (long long)w, (long long)o, (long long)kh,
              (long long)kw, (long long)sh, (long long)sw, (long long)ph, (long long)pw, pad_value);
+    int32_t *thr = xmalloc((size_t)o * sizeof(int32_t));
+    uint8_t *flip = xmalloc((size_t)o);
+    uint64_t *bref = threshold_ref(ref, batch * oh * ow, o, thr, flip);
+    const size_t bbytes = (size_t)(batch * oh * ow * ((o + 63) / 64)) * sizeof(uint64_t);
+    uint64_t *bgot = xmalloc(bbytes + sizeof(uint64_t));
     for (int s = 0; s < 2; ++s)
         for (int t = 0; t < 2; ++t) {
             set_config(s, t);
@@ -228,17 +258,25 @@ static void test_conv(int64_t batch, int64_t c, int64_t h, int64_t w, int64_t o,
                   "correction rc", detail);
             memset(got, 0x7F, (size_t)nout * sizeof(int32_t));
             check(mbk_binary_conv2d(xw, ww, batch, h, w, c, o, kh, kw, sh, sw, ph, pw, pad_value,
-                                    pad_value == 0 ? corr : NULL, NULL, NULL, got, NULL) == MBK_OK,
+                                    pad_value == 0 ? corr : NULL, NULL, NULL, NULL, NULL, got, NULL, NULL)
+                      == MBK_OK,
                   "conv rc", detail);
             check(memcmp(ref, got, (size_t)nout * sizeof(int32_t)) == 0, "conv", detail);
             memset(fgot, 0x7F, (size_t)nout * sizeof(float));
             check(mbk_binary_conv2d(xw, ww, batch, h, w, c, o, kh, kw, sh, sw, ph, pw, pad_value,
-                                    pad_value == 0 ? corr : NULL, scale, bias, NULL, fgot) == MBK_OK,
+                                    pad_value == 0 ? corr : NULL, scale, bias, NULL, NULL, NULL, fgot, NULL)
+                      == MBK_OK,
                   "conv affine rc", detail);
             check(memcmp(fref, fgot, (size_t)nout * sizeof(float)) == 0, "conv affine", detail);
+            memset(bgot, 0xA5, bbytes);
+            check(mbk_binary_conv2d(xw, ww, batch, h, w, c, o, kh, kw, sh, sw, ph, pw, pad_value,
+                                    pad_value == 0 ? corr : NULL, NULL, NULL, thr, flip, NULL, NULL, bgot)
+                      == MBK_OK,
+                  "conv threshold rc", detail);
+            check(memcmp(bref, bgot, bbytes) == 0, "conv threshold", detail);
         }
     free(x), free(wf), free(wl), free(xw), free(ww), free(corr), free(ref), free(got);
-    free(scale), free(bias), free(fref), free(fgot);
+    free(scale), free(bias), free(fref), free(fgot), free(thr), free(flip), free(bref), free(bgot);
 }
 
 static void test_errors(void) {
@@ -247,13 +285,17 @@ static void test_errors(void) {
     check(mbk_xnor_gemm(a, a, 1, 1, 2, 64, out) == MBK_EINVAL, "errors", "words != ceil(k/64)");
     check(mbk_xnor_gemm(a, a, -1, 1, 1, 64, out) == MBK_EINVAL, "errors", "negative m");
     check(mbk_xnor_gemm(a, a, 1, 1, 1, 64, NULL) == MBK_EINVAL, "errors", "NULL out");
-    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, NULL, NULL, NULL, out, NULL) == MBK_EINVAL,
+    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, NULL, NULL, NULL, NULL, NULL, out, NULL, NULL) == MBK_EINVAL,
           "errors", "pad_value 2");
-    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL, out, NULL) == MBK_EINVAL,
+    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL, NULL, NULL, out, NULL, NULL) == MBK_EINVAL,
           "errors", "pad_value 0 without correction");
-    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 3, 3, 1, 1, 0, 0, 1, NULL, NULL, NULL, out, NULL)
+    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 3, 3, 1, 1, 0, 0, 1, NULL, NULL, NULL, NULL, NULL, out, NULL, NULL)
               == MBK_EINVAL,
           "errors", "kernel larger than the padded input");
+    check(mbk_binary_conv2d(a, a, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, NULL, NULL, NULL, NULL, NULL, out, NULL,
+                            a) == MBK_EINVAL,
+          "errors", "two outputs");
+    check(mbk_xnor_gemm_threshold(a, a, 1, 1, 1, 64, NULL, NULL, a) == MBK_EINVAL, "errors", "threshold without thr");
     check(mbk_set_num_threads(0) == MBK_EINVAL, "errors", "0 threads");
     check(mbk_set_simd(7) == MBK_EINVAL, "errors", "simd mode 7");
     check(mbk_xnor_gemm(NULL, NULL, 0, 0, 1, 64, NULL) == MBK_OK, "errors", "empty gemm");

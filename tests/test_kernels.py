@@ -159,6 +159,51 @@ def test_xnor_gemm_affine_is_the_float32_epilogue_bit_for_bit(name, m, n, k, see
     np.testing.assert_array_equal(out.view(np.int32), expected.view(np.int32))
 
 
+def thresholds_near(rng, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column thresholds drawn from the values themselves (so ties occur) +-1, random flips."""
+    rows = values.reshape(-1, n)
+    pick = rows[rng.integers(0, rows.shape[0], n), np.arange(n)] if rows.size else np.zeros(n)
+    threshold = (pick + rng.integers(-1, 2, n)).astype(np.int32)
+    return threshold, rng.random(n) < 0.5
+
+
+def threshold_bits(dot: np.ndarray, threshold: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """The reference: packed bits (dot >= threshold) != flip, built bit by bit."""
+    bits = (dot >= threshold) != flip
+    n = bits.shape[-1]
+    words = np.zeros(bits.shape[:-1] + (-(-n // 64),), np.uint64)
+    for j in range(n):
+        words[..., j // 64] |= bits[..., j].astype(np.uint64) << np.uint64(j % 64)
+    return words
+
+
+@MORE
+@pytest.mark.parametrize("name", BACKENDS)
+@given(m=MN_SIZES, n=st.sampled_from([1, 7, 8, 9, 63, 64, 65, 130]), k=K_SIZES, seed=st.integers(0, 2**32 - 1))
+def test_xnor_gemm_threshold_packs_the_comparison_bits(name, m, n, k, seed):
+    kb = kernels(name)
+    rng = np.random.default_rng(seed)
+    a, b = signed_floats(rng, (m, k)), signed_floats(rng, (n, k))
+    dot = (sign(a) @ sign(b).T).astype(np.int64)
+    threshold, flip = thresholds_near(rng, dot, n)
+    out = np.full((m, -(-n // 64)), 0xA5A5, np.uint64)
+    kb.xnor_gemm_threshold(kb.pack_bits(a), kb.pack_bits(b), k, threshold, flip, out)
+    np.testing.assert_array_equal(out, threshold_bits(dot, threshold, flip))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_threshold_arguments_are_checked(name):
+    kb = kernels(name)
+    a = kb.pack_bits(np.ones((2, 70), np.float32))
+    thr, flip = np.zeros(2, np.int32), np.zeros(2, bool)
+    with pytest.raises(ValueError, match="threshold must have dtype int32"):
+        kb.xnor_gemm_threshold(a, a, 70, thr.astype(np.int64), flip, np.empty((2, 1), np.uint64))
+    with pytest.raises(ValueError, match="flip must have dtype bool"):
+        kb.xnor_gemm_threshold(a, a, 70, thr, flip.astype(np.uint8), np.empty((2, 1), np.uint64))
+    with pytest.raises(ValueError, match="out must have shape"):
+        kb.xnor_gemm_threshold(a, a, 70, thr, flip, np.empty((2, 2), np.uint64))
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_xnor_gemm_edge_sizes(name):
     kb = kernels(name)
@@ -208,6 +253,10 @@ def test_binary_conv2d_equals_float_conv_of_the_signs(name, batch, channels, hw,
                                    np.empty(expected.shape, np.float32))
     fexpected = expected.astype(np.float32) * scale + bias
     np.testing.assert_array_equal(fout.view(np.int32), fexpected.view(np.int32))
+    threshold, flip = thresholds_near(rng, expected.astype(np.int64), out_channels)
+    bits = kb.binary_conv2d_threshold(xw, ww, channels, stride, padding, pad_value, threshold, flip,
+                                      np.full(expected.shape[:3] + (-(-out_channels // 64),), 99, np.uint64))
+    np.testing.assert_array_equal(bits, threshold_bits(expected, threshold, flip))
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -304,7 +353,8 @@ def test_native_thread_count_is_validated():
 
 
 TABLE = ["pack_bits", "unpack_bits", "pack_channels", "popcount_rows", "xnor_gemm", "xnor_gemm_affine",
-         "conv_pad_correction", "binary_conv2d", "binary_conv2d_affine", "conv_output_hw", "n_words",
+         "xnor_gemm_threshold", "conv_pad_correction", "binary_conv2d", "binary_conv2d_affine",
+         "binary_conv2d_threshold", "conv_output_hw", "n_words",
          "set_num_threads", "get_num_threads"]
 
 

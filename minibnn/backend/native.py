@@ -34,7 +34,7 @@ else:
 
 xp = numpy
 name = "native"
-_VERSION = 1  # mbk_version() of the C sources this wrapper was written for
+_VERSION = 2  # mbk_version() of the C sources this wrapper was written for
 
 # kernels whose reference version is the native one too (cheap, not on a hot path)
 unpack_bits = _ref.unpack_bits
@@ -195,6 +195,24 @@ def xnor_gemm_affine(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, sca
     return out
 
 
+def xnor_gemm_threshold(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, threshold: numpy.ndarray,
+                        flip: numpy.ndarray, out: numpy.ndarray) -> numpy.ndarray:
+    """Packed bits (dot >= threshold[n]) != flip[n]: uint64 (M, ceil(N / 64)), a folded batch norm + sign."""
+    n = b_words.shape[0] if isinstance(b_words, numpy.ndarray) and b_words.ndim == 2 else 0
+    k = _ref.check_gemm(a_words, b_words, k, out, numpy.uint64, True, out_cols=_ref.n_words(n))
+    _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True)
+    if out.size:
+        m = out.shape[0]
+        if k == 0:
+            out[...] = _ref.pack_threshold(numpy.zeros((m, n), numpy.int32), threshold, flip)
+            return out
+        _call(_lib.mbk_xnor_gemm_threshold(_ptr("uint64_t[]", a_words), _ptr("uint64_t[]", b_words), m, n,
+                                           a_words.shape[1], k, _ptr("int32_t[]", threshold),
+                                           _ptr("uint8_t[]", flip.view(numpy.uint8)), _ptr("uint64_t[]", out)),
+              "xnor_gemm_threshold")
+    return out
+
+
 # ---------------------------------------------------------------- convolution
 
 def conv_pad_correction(w_words: numpy.ndarray, channels: int, in_hw, stride, padding) -> numpy.ndarray:
@@ -220,7 +238,8 @@ def conv_pad_correction(w_words: numpy.ndarray, channels: int, in_hw, stride, pa
     return out
 
 
-def _conv(x_words, w_words, g: dict, correction, scale, bias, out) -> None:
+def _conv(x_words, w_words, g: dict, correction, out, scale=None, bias=None, threshold=None, flip=None) -> None:
+    """Call the C convolution; the output kind follows out's dtype (int32, float32 or uint64 bits)."""
     if out.size == 0:
         return
     corr = _ffi.NULL
@@ -229,12 +248,17 @@ def _conv(x_words, w_words, g: dict, correction, scale, bias, out) -> None:
             correction = conv_pad_correction(w_words, g["c"], (g["h"], g["w"]), (g["sh"], g["sw"]),
                                              (g["ph"], g["pw"]))
         corr = _ptr("int32_t[]", correction)
-    floats = out.dtype == numpy.float32
+    null = _ffi.NULL
+    kind = out.dtype
     rc = _lib.mbk_binary_conv2d(
         _ptr("uint64_t[]", x_words), _ptr("uint64_t[]", w_words), g["batch"], g["h"], g["w"], g["c"], g["o"],
         g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"], g["pad_value"], corr,
-        _ptr("float[]", scale) if floats else _ffi.NULL, _ptr("float[]", bias) if floats else _ffi.NULL,
-        _ffi.NULL if floats else _ptr("int32_t[]", out), _ptr("float[]", out) if floats else _ffi.NULL)
+        _ptr("float[]", scale) if scale is not None else null, _ptr("float[]", bias) if bias is not None else null,
+        _ptr("int32_t[]", threshold) if threshold is not None else null,
+        _ptr("uint8_t[]", flip.view(numpy.uint8)) if flip is not None else null,
+        _ptr("int32_t[]", out) if kind == numpy.int32 else null,
+        _ptr("float[]", out) if kind == numpy.float32 else null,
+        _ptr("uint64_t[]", out) if kind == numpy.uint64 else null)
     _call(rc, "binary_conv2d")
 
 
@@ -247,7 +271,7 @@ def binary_conv2d(x_words: numpy.ndarray, w_words: numpy.ndarray, channels: int,
     ``correction`` (pad_value 0 only; computed when None): conv_pad_correction of the weights.
     """
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.int32, True, correction)
-    _conv(x_words, w_words, g, correction, None, None, out)
+    _conv(x_words, w_words, g, correction, out)
     return out
 
 
@@ -257,5 +281,16 @@ def binary_conv2d_affine(x_words: numpy.ndarray, w_words: numpy.ndarray, channel
     """binary_conv2d with the fused float32 epilogue out = scale[o] * y + bias[o], float32 (N, OH, OW, O)."""
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.float32, True,
                         correction, scale, bias)
-    _conv(x_words, w_words, g, correction, scale, bias, out)
+    _conv(x_words, w_words, g, correction, out, scale=scale, bias=bias)
+    return out
+
+
+def binary_conv2d_threshold(x_words: numpy.ndarray, w_words: numpy.ndarray, channels: int, stride, padding,
+                            pad_value, threshold: numpy.ndarray, flip: numpy.ndarray, out: numpy.ndarray,
+                            correction: numpy.ndarray | None = None) -> numpy.ndarray:
+    """binary_conv2d emitting packed bits (y >= threshold[o]) != flip[o]: uint64 (N, OH, OW, ceil(O/64))."""
+    g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.uint64, True,
+                        correction, packed_out=True)
+    _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True)
+    _conv(x_words, w_words, g, correction, out, threshold=threshold, flip=flip)
     return out

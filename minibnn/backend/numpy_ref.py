@@ -6,7 +6,8 @@ dot(a, b) = K - 2 * popcount(a XOR b) for the true length K.
 
 The kernel table (the same names and signatures in native.py; Python allocates every output):
 pack_bits, unpack_bits, pack_channels, popcount_rows, xnor_gemm, xnor_gemm_affine,
-conv_pad_correction, binary_conv2d, binary_conv2d_affine, set_num_threads / get_num_threads,
+xnor_gemm_threshold, conv_pad_correction, binary_conv2d, binary_conv2d_affine,
+binary_conv2d_threshold, set_num_threads / get_num_threads,
 plus the helpers conv_output_hw and n_words. The check_* helpers validate arguments the same
 way for every backend (ValueError naming the argument); native.py also demands C-contiguity.
 """
@@ -120,8 +121,17 @@ def check_epilogue(scale, bias, n: int, what: str, contiguous: bool) -> None:
             check_shape(name, v, (n,), what)
 
 
-def check_gemm(a_words, b_words, k, out, out_dtype, contiguous: bool, scale=None, bias=None) -> int:
-    """Validate the xnor_gemm arguments; returns k as an int."""
+def check_threshold(threshold, flip, n: int, what: str, contiguous: bool) -> None:
+    """threshold int32 and flip bool, vectors of length ``n`` (one per output column)."""
+    check_array("threshold", threshold, np.int32, 1, f"{what} int32", contiguous)
+    check_shape("threshold", threshold, (n,), what)
+    check_array("flip", flip, np.bool_, 1, f"{what} bool", contiguous)
+    check_shape("flip", flip, (n,), what)
+
+
+def check_gemm(a_words, b_words, k, out, out_dtype, contiguous: bool, scale=None, bias=None,
+               out_cols: int | None = None) -> int:
+    """Validate the xnor_gemm arguments (``out_cols``: out's columns when not N); returns k as an int."""
     what = "packed rows, uint64 words"
     check_array("a_words", a_words, np.uint64, 2, f"(M, W) {what}", contiguous)
     check_array("b_words", b_words, np.uint64, 2, f"(N, W) {what}", contiguous)
@@ -132,7 +142,10 @@ def check_gemm(a_words, b_words, k, out, out_dtype, contiguous: bool, scale=None
                          f"got a_words {a_words.shape} and b_words {b_words.shape}")
     m, n = a_words.shape[0], b_words.shape[0]
     check_array("out", out, out_dtype, 2, "(M, N) output", contiguous, writable=True)
-    check_shape("out", out, (m, n), "(M, N) = (a_words rows, b_words rows)")
+    if out_cols is None:
+        check_shape("out", out, (m, n), "(M, N) = (a_words rows, b_words rows)")
+    else:
+        check_shape("out", out, (m, out_cols), "(M, ceil(N / 64)) packed words, N = b_words rows")
     check_epilogue(scale, bias, n, "(N,) = b_words rows", contiguous)
     check_tail("a_words", a_words, k)
     check_tail("b_words", b_words, k)
@@ -146,8 +159,8 @@ def conv_output_hw(in_hw, kernel, stride, padding) -> tuple[int, int]:
 
 
 def check_conv(x_words, w_words, channels, stride, padding, pad_value, out, out_dtype, contiguous: bool,
-               correction=None, scale=None, bias=None) -> dict:
-    """Validate the binary_conv2d arguments; returns the geometry as a dict."""
+               correction=None, scale=None, bias=None, packed_out: bool = False) -> dict:
+    """Validate the binary_conv2d arguments (``packed_out``: out holds ceil(O/64) words per pixel)."""
     check_array("x_words", x_words, np.uint64, 4, "(N, H, W, ceil(C/64)) channel-packed activations", contiguous)
     check_array("w_words", w_words, np.uint64, 4, "(O, kh, kw, ceil(C/64)) channel-packed weights", contiguous)
     c = check_int("channels", channels, 1)
@@ -166,7 +179,10 @@ def check_conv(x_words, w_words, channels, stride, padding, pad_value, out, out_
     if oh < 1 or ow < 1 or h < 1 or w < 1:
         raise ValueError(f"x_words: input {h}x{w} with padding {(ph, pw)} is smaller than the kernel {kh}x{kw}")
     check_array("out", out, out_dtype, 4, "(N, OH, OW, O) output", contiguous, writable=True)
-    check_shape("out", out, (batch, oh, ow, o), "(N, OH, OW, O)")
+    if packed_out:
+        check_shape("out", out, (batch, oh, ow, n_words(o)), "(N, OH, OW, ceil(O / 64)) packed words")
+    else:
+        check_shape("out", out, (batch, oh, ow, o), "(N, OH, OW, O)")
     if correction is not None:
         check_array("correction", correction, np.int32, 3, "(OH, OW, O) from conv_pad_correction", contiguous)
         check_shape("correction", correction, (oh, ow, o), "(OH, OW, O) from conv_pad_correction")
@@ -296,4 +312,33 @@ def binary_conv2d_affine(x_words: np.ndarray, w_words: np.ndarray, channels: int
     g = check_conv(x_words, w_words, channels, stride, padding, pad_value, out, np.float32, False,
                    correction, scale, bias)
     out[...] = _conv_dot(x_words, w_words, g, correction).astype(np.float32) * scale + bias
+    return out
+
+
+def pack_threshold(dot: np.ndarray, threshold: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Bits (dot >= threshold) != flip along the last axis, packed into uint64 words."""
+    return pack_bits(np.where((dot >= threshold) != flip, 1, -1).astype(np.int8), axis=-1)
+
+
+def xnor_gemm_threshold(a_words: np.ndarray, b_words: np.ndarray, k: int, threshold: np.ndarray,
+                        flip: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Packed bits (dot >= threshold[n]) != flip[n]: uint64 (M, ceil(N / 64)), a folded batch norm + sign.
+
+    threshold int32 (N,), flip bool (N,). The output is the packed input of the next binary layer.
+    """
+    n = b_words.shape[0] if isinstance(b_words, np.ndarray) and b_words.ndim == 2 else 0
+    k = check_gemm(a_words, b_words, k, out, np.uint64, False, out_cols=n_words(n))
+    check_threshold(threshold, flip, n, "(N,) = b_words rows", False)
+    out[...] = pack_threshold(_xnor_dot(a_words, b_words, k), threshold, flip)
+    return out
+
+
+def binary_conv2d_threshold(x_words: np.ndarray, w_words: np.ndarray, channels: int, stride, padding, pad_value,
+                            threshold: np.ndarray, flip: np.ndarray, out: np.ndarray,
+                            correction: np.ndarray | None = None) -> np.ndarray:
+    """binary_conv2d emitting packed bits (y >= threshold[o]) != flip[o]: uint64 (N, OH, OW, ceil(O/64))."""
+    g = check_conv(x_words, w_words, channels, stride, padding, pad_value, out, np.uint64, False,
+                   correction, packed_out=True)
+    check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", False)
+    out[...] = pack_threshold(_conv_dot(x_words, w_words, g, correction), threshold, flip)
     return out
