@@ -91,9 +91,15 @@ def write_pair(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str
         npz_path = npz_path.with_name(f"{json_path.stem}.{digest[:16]}.npz")
     header = dict(header, format=header.get("format", FORMAT), version=header.get("version", VERSION),
                   arrays={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-                  npz=npz_path.name, npz_sha256=digest)
+                  npz=npz_path.name, npz_sha256=digest, npz_bytes=len(blob))
+    had_npz = npz_path.exists()
     atomic_write_bytes(npz_path, blob)
-    atomic_write_bytes(json_path, json.dumps(header, indent=1).encode())
+    try:
+        atomic_write_bytes(json_path, json.dumps(header, indent=1).encode())
+    except BaseException:  # leave no .npz without its .json behind
+        if not had_npz:
+            npz_path.unlink(missing_ok=True)
+        raise
     if versioned:
         for stale in json_path.parent.glob(f"{json_path.stem}.*.npz"):
             if stale != npz_path:
@@ -111,8 +117,9 @@ def _npz_beside(json_path: Path, header: dict[str, Any], default: Path) -> Path:
     return json_path.with_name(name)
 
 
-def read_pair(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and cross-check a (.json, .npz) pair written by write_pair."""
+def read_pair(path: str | os.PathLike, fmt: str = FORMAT,
+              max_version: int = VERSION) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and cross-check a (.json, .npz) pair written by write_pair (format ``fmt``, version <= max_version)."""
     json_path, npz_path = split_path(path)
     try:
         header = json.loads(json_path.read_text())
@@ -123,9 +130,9 @@ def read_pair(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict[str, Any
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise ModelFileError(f"{json_path}: not a {fmt} file (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > max_version:
         raise ModelFileError(f"{json_path}: format version {version!r} is newer than this minibnn "
-                             f"reads ({VERSION}); upgrade minibnn")
+                             f"reads ({max_version}); upgrade minibnn")
     npz_path = _npz_beside(json_path, header, npz_path)
     arrays = read_npz(npz_path, header.get("npz_sha256"))
     declared = header.get("arrays", {})

@@ -68,6 +68,16 @@ class _QLayer(Module):
         """True when both input and weights are 1 bit (the layer runs on popcount kernels)."""
         return self.act_bit == 1 and self.weight_bit == 1
 
+    @property
+    def in_size(self) -> int:
+        """Input features (QDense) or channels (QConv2d)."""
+        return int(self.weight.shape[1])
+
+    @property
+    def out_size(self) -> int:
+        """Output features (QDense) or channels (QConv2d)."""
+        return int(self.weight.shape[0])
+
     def quantized_weight(self) -> Tensor:
         """The weights as the forward pass uses them (sign, DoReFa k-bit or float)."""
         return Q.quantize_weight(self.weight, self.weight_bit)

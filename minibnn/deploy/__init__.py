@@ -1,0 +1,13 @@
+"""Deployment: the converter, the packed model files and the packed inference engine.
+
+``convert(model)`` -> ``PackedModel`` (binary layers with 1 bit per weight as uint64 words, batch
+norms folded, integer thresholds where the next layer binarizes again); ``PackedModel.predict(x)``
+runs it on the current backend's kernels and equals ``model.eval()``'s output; ``save`` / ``load``
+write and read ``binarized_<name>.json`` + ``.npz`` (no pickle, every array checked).
+"""
+from minibnn.deploy.convert import convert, fold_plan
+from minibnn.deploy.fileformat import load, save
+from minibnn.deploy.model import PackedModel
+from minibnn.deploy.ops import Bits
+
+__all__ = ["Bits", "PackedModel", "convert", "fold_plan", "load", "save"]

@@ -1,0 +1,203 @@
+"""The converter: a trained float-simulated model -> a PackedModel with 1 bit per binary weight.
+
+Every leaf module of the model becomes one packed op (minibnn.deploy.ops):
+- a binary QDense / QConv2d (act_bit = weight_bit = 1) becomes BinaryDense / BinaryConv2d, its
+  weights packed to uint64 words (sign: bit 1 = +1), alpha and bias kept, and the batch norm that
+  follows it folded in: in a Sequential the next layer, in a block the pairs its ``fold_pairs``
+  names (modules whose forward applies that batch norm to that layer's output and nothing else);
+- when the next layer of the Sequential (after that batch norm, if any) is a binary layer of the
+  same kind, which binarizes the output again, the epilogue + sign become an integer threshold
+  per channel, found by evaluating the float32 epilogue on every possible dot value, so the packed
+  bits equal the float simulation's signs exactly;
+- k-bit Q-layers keep their quantized float32 weights; every other leaf is kept as it is.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from minibnn.backend import numpy_ref as ref
+from minibnn.backend import to_numpy
+from minibnn.deploy.model import PackedModel, replace_leaf, submodule
+from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, Epilogue, FloatLayer, Folded, PackedOp,
+                                QuantizedLayer)
+from minibnn.functional.norm import eval_affine
+from minibnn.nn.layers import BatchNorm1d, BatchNorm2d, Sequential
+from minibnn.nn.module import Module, from_config
+from minibnn.nn.quantized import QDense, _alpha, _QLayer
+
+
+class Fold(NamedTuple):
+    """What the converter does after a binary layer: the batch norm it absorbs, whether it emits bits."""
+
+    bn: str | None
+    emits_bits: bool
+
+
+def is_binary(m: Module) -> bool:
+    """A Q-layer whose input and weights are both 1 bit."""
+    return isinstance(m, _QLayer) and m.is_binary
+
+
+def _bn_for(layer: Module, bn: Module | None) -> bool:
+    """``bn`` is a batch norm that fits right after ``layer``'s output."""
+    kind = BatchNorm1d if isinstance(layer, QDense) else BatchNorm2d
+    return isinstance(bn, kind) and bn.num_features == layer.out_size
+
+
+def _same_kind(a: Module, b: Module | None) -> bool:
+    """``b`` binarizes ``a``'s output again and takes it in the same layout (dense->dense, conv->conv)."""
+    return is_binary(b) and type(a) is type(b) and b.in_size == a.out_size
+
+
+def fold_plan(model: Module) -> dict[str, Fold]:
+    """For each binary layer (by dotted path): the batch norm folded into it and whether it emits bits."""
+    plan = {path: Fold(None, False) for path, m in model.named_modules() if is_binary(m)}
+    for path, m in model.named_modules():
+        prefix = f"{path}." if path else ""
+        if isinstance(m, Sequential):
+            names, layers = list(m._modules), list(m._modules.values())
+            for i, layer in enumerate(layers):
+                if not is_binary(layer):
+                    continue
+                bn = layers[i + 1] if i + 1 < len(layers) and _bn_for(layer, layers[i + 1]) else None
+                after = i + (2 if bn is not None else 1)
+                consumer = layers[after] if after < len(layers) else None
+                plan[prefix + names[i]] = Fold(prefix + names[i + 1] if bn is not None else None,
+                                               _same_kind(layer, consumer))
+        for layer_name, bn_name in getattr(type(m), "fold_pairs", ()):
+            layer, bn = m._modules.get(layer_name), m._modules.get(bn_name)
+            if is_binary(layer):
+                plan[prefix + layer_name] = Fold(prefix + bn_name if _bn_for(layer, bn) else None, False)
+    return plan
+
+
+def _epilogue(layer: _QLayer, bn: Module | None) -> Epilogue:
+    """The float steps after the popcount, in the order the float simulation takes them."""
+    alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
+    bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
+    norm = None
+    if bn is not None:
+        norm = tuple(to_numpy(a) for a in eval_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                                      bn.eps, np.float32))
+    o = layer.out_size
+    if alpha is None and bias is None:  # dot is exact in float32: the batch norm alone is the fused step
+        return Epilogue(*(norm or (None, None)))
+    first = (alpha if alpha is not None else np.ones(o, np.float32),
+             bias if bias is not None else np.zeros(o, np.float32))
+    return Epilogue(*first, *(norm or (None, None)))
+
+
+def epilogue_values(e: Epilogue, dots: np.ndarray) -> np.ndarray:
+    """The float32 epilogue applied to integer dots (rows) for every channel (columns)."""
+    v = dots.astype(np.float32)[:, None]
+    if e.scale is not None:
+        v = v * e.scale + e.bias
+    if e.post_scale is not None:
+        v = v * e.post_scale + e.post_shift
+    return v
+
+
+def thresholds(e: Epilogue, k: int, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer (threshold, flip) with (dot >= threshold) != flip  <=>  epilogue(dot) >= 0 for every
+    dot in [-k, k]; None when the epilogue is not monotonic in some channel (then no fold)."""
+    if e.scale is None and e.post_scale is None:  # no epilogue: sign(dot) = dot >= 0
+        return np.zeros(channels, np.int32), np.zeros(channels, bool)
+    dots = np.arange(-k, k + 1, dtype=np.int64)
+    threshold, flip = np.empty(channels, np.int32), np.empty(channels, bool)
+    step = max(1, (1 << 22) // dots.size)
+    for c0 in range(0, channels, step):
+        sub = Epilogue(*(a[c0:c0 + step] if a is not None else None for a in e))
+        bits = epilogue_values(sub, dots) >= 0            # (2k + 1, channels): the sign as +1 / -1
+        ones, count = bits.any(axis=0), bits.sum(axis=0)
+        first = np.argmax(bits, axis=0)                   # first dot whose sign is +1
+        last = dots.size - 1 - np.argmax(bits[::-1], axis=0)
+        rising = count == dots.size - first               # 0..0 1..1: dot >= dots[first]
+        falling = count == last + 1                       # 1..1 0..0: dot <= dots[last]
+        if not np.all(rising | falling | ~ones):
+            return None
+        # constant channels: always +1 is dot >= -k; always -1 is its negation
+        threshold[c0:c0 + step] = np.where(~ones | (count == dots.size), -k,
+                                           np.where(rising, dots[first], dots[last] + 1))
+        flip[c0:c0 + step] = np.where(count == dots.size, False, ~ones | ~rising)
+    return threshold, flip
+
+
+def _binary_op(layer: _QLayer, bn: Module | None, emits_bits: bool) -> PackedOp:
+    w = to_numpy(layer.weight.data)
+    epilogue = _epilogue(layer, bn)
+    if isinstance(layer, QDense):
+        k, words = layer.in_features, ref.pack_bits(w, axis=1)
+    else:
+        k, words = layer.in_channels * w.shape[2] * w.shape[3], ref.pack_bits(w.transpose(0, 2, 3, 1), axis=-1)
+    if emits_bits:
+        folded = thresholds(epilogue, k, w.shape[0])
+        if folded is not None:
+            epilogue = Epilogue(threshold=folded[0], flip=folded[1])
+    if isinstance(layer, QDense):
+        return BinaryDense(words, layer.in_features, epilogue)
+    return BinaryConv2d(words, layer.in_channels, epilogue, _pair(layer.stride), layer.padding, layer.pad_value)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _quantized_op(layer: _QLayer) -> QuantizedLayer:
+    wq = to_numpy(layer.quantized_weight().data).astype(np.float32)
+    alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
+    bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
+    if isinstance(layer, QDense):
+        return QuantizedLayer("dense", layer.act_bit, wq, alpha, bias)
+    return QuantizedLayer("conv", layer.act_bit, wq, alpha, bias, _pair(layer.stride), layer.padding,
+                          layer.pad_value)
+
+
+def _float_copy(m: Module) -> Module:
+    copy = from_config(m.to_config())
+    copy.load_state_dict(m.state_dict())
+    return copy
+
+
+def leaves(model: Module) -> list[tuple[str, Module]]:
+    """The modules without children, by dotted path; containers must hold no parameters themselves."""
+    out = []
+    for path, m in model.named_modules():
+        if m._modules:
+            if m._parameters or m._buffers:
+                raise ValueError(f"cannot convert {type(m).__name__} at {path or '(root)'}: it holds parameters "
+                                 "and sub-modules (the converter packs leaf layers)")
+        else:
+            out.append((path, m))
+    return out
+
+
+def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str = "model") -> PackedModel:
+    """Pack ``model`` for inference: binary layers to 1 bit per weight, batch norms folded, thresholds.
+
+    ``input_shape``: one sample's shape (e.g. (1, 28, 28)), checked by ``predict`` when given.
+    A model without a binary layer is converted to a float copy with a warning.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"convert expects a minibnn Module, got {type(model).__name__}")
+    plan = fold_plan(model)
+    folded = {f.bn for f in plan.values() if f.bn is not None}
+    root = from_config(model.to_config())
+    for path, leaf in leaves(model):
+        if path in plan:
+            op = _binary_op(leaf, submodule(model, plan[path].bn) if plan[path].bn else None,
+                            plan[path].emits_bits)
+        elif path in folded:
+            op = Folded()
+        elif isinstance(leaf, _QLayer):
+            op = _quantized_op(leaf)
+        else:
+            op = FloatLayer(_float_copy(leaf))
+        root = replace_leaf(root, path, op)
+    if not plan:
+        warnings.warn(f"{name}: the model has no binary layer (act_bit = weight_bit = 1); the packed model "
+                      "is an unchanged float copy", UserWarning, stacklevel=2)
+    return PackedModel(root, model.to_config(), input_shape, name)
+

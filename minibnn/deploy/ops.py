@@ -1,0 +1,302 @@
+"""The layers of a packed model: inference only, on raw arrays, on the current backend's kernels.
+
+Each op replaces one leaf module of the float model and computes exactly what that leaf (and
+the batch norm folded into it) computes in ``model.eval()``:
+
+- ``BinaryDense`` / ``BinaryConv2d``: a binary Q-layer (act_bit = weight_bit = 1) with its
+  weights as uint64 words, 1 bit per weight. Its epilogue is at most two per-channel affine
+  steps in the float simulation's order: ``dot * scale + bias`` fused into the C kernel, then
+  ``y * post_scale + post_shift`` (a folded batch norm when alpha or a bias come first). When the
+  next layer binarizes the result again, the whole epilogue and the sign become an integer
+  threshold per channel and the op emits packed bits (``Bits``) straight to that layer.
+- ``QuantizedLayer``: a k-bit (or mixed) Q-layer; its weights are stored as their quantized
+  float32 values (what the forward pass uses), not the latent weights.
+- ``FloatLayer``: any other leaf (float conv/dense, batch norm, pooling, activations), run
+  unchanged with autograd off.
+- ``Folded``: a batch norm whose work moved into the binary layer before it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from minibnn import backend
+from minibnn import functional as F
+from minibnn.autograd import Tensor, no_grad
+from minibnn.nn.module import Module, from_config
+from minibnn.nn.quantized import _quantize_input
+
+
+class Bits(NamedTuple):
+    """Packed +-1 activations: uint64 words along the channel axis (last), true channel count."""
+
+    words: Any  # (N, ceil(C/64)) for dense layers, (N, H, W, ceil(C/64)) for convolutions
+    channels: int
+
+
+class PackedOp(Module):
+    """Base of the packed ops: ``path`` names the layer in errors; arrays() and config() describe it."""
+
+    kind = "op"
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "path", "")
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this layer's stored arrays (what the .npz holds for it)."""
+        return sum(a.nbytes for a in self.arrays().values())
+
+    def fail(self, message: str) -> ValueError:
+        return ValueError(f"layer {self.path or '(root)'} ({self.kind}): {message}")
+
+
+def _floats(x, op: PackedOp):
+    """The array a float op gets: Bits cannot reach one (the converter only sends them to binary ops)."""
+    if isinstance(x, Bits):
+        raise op.fail("received packed bits; only a binary layer can take them")
+    return x
+
+
+class FloatLayer(PackedOp):
+    """A leaf of the float model kept as it is (conv, dense, batch norm, pooling, activation)."""
+
+    kind = "float"
+
+    def __init__(self, module: Module) -> None:
+        super().__init__()
+        self.module = module.eval()
+
+    def forward(self, x):
+        x = _floats(x, self)
+        try:
+            with no_grad():
+                y = self.module(Tensor(x))
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+        return y.data if isinstance(y, Tensor) else y
+
+    def config(self) -> dict[str, Any]:
+        return {"module": self.module.to_config()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.module.state_dict()
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "FloatLayer":
+        module = from_config(config["module"])
+        module.load_state_dict(arrays)
+        return cls(module)
+
+
+class Folded(PackedOp):
+    """A batch norm folded into the binary layer before it: passes its input through."""
+
+    kind = "folded"
+
+    def forward(self, x):
+        return x
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "Folded":
+        return cls()
+
+
+class QuantizedLayer(PackedOp):
+    """A k-bit or mixed-precision QDense / QConv2d with its weights stored already quantized."""
+
+    kind = "quantized"
+
+    def __init__(self, layer: str, act_bit: int, weight: np.ndarray, alpha=None, bias=None,
+                 stride=(1, 1), padding=(0, 0), pad_value: int = 0) -> None:
+        super().__init__()
+        self.layer, self.act_bit, self.weight, self.alpha, self.bias = layer, act_bit, weight, alpha, bias
+        self.stride, self.padding, self.pad_value = tuple(stride), tuple(padding), pad_value
+
+    def forward(self, x):
+        x = _floats(x, self)
+        if x.ndim < 2 or x.shape[1] != self.weight.shape[1]:
+            raise self.fail(f"expects {self.weight.shape[1]} input channels/features, got input {tuple(x.shape)}")
+        with no_grad():  # the same calls as QDense.forward / QConv2d.forward
+            xq = _quantize_input(Tensor(x), self.act_bit)
+            w = Tensor(self.weight)
+            if self.layer == "dense":
+                y = F.linear(xq, w)
+            elif self.pad_value == 0:
+                y = F.conv2d(xq, w, stride=self.stride, padding=self.padding)
+            else:
+                y = F.conv2d(F.pad2d(xq, self.padding, self.pad_value), w, stride=self.stride)
+            shape = (1, -1) + (1,) * (y.ndim - 2)
+            if self.alpha is not None:
+                y = y * Tensor(self.alpha).reshape(shape)
+            if self.bias is not None:
+                y = y + Tensor(self.bias).reshape(shape)
+        return y.data
+
+    def config(self) -> dict[str, Any]:
+        return {"layer": self.layer, "act_bit": self.act_bit, "stride": list(self.stride),
+                "padding": list(self.padding), "pad_value": self.pad_value}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"weight": self.weight}
+        out.update({k: v for k, v in (("alpha", self.alpha), ("bias", self.bias)) if v is not None})
+        return out
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "QuantizedLayer":
+        return cls(config["layer"], config["act_bit"], arrays["weight"], arrays.get("alpha"), arrays.get("bias"),
+                   config["stride"], config["padding"], config["pad_value"])
+
+
+class Epilogue(NamedTuple):
+    """What a binary layer does after the popcount, per output channel (None: that step is absent).
+
+    float output: y = dot * scale + bias (fused in the kernel), then y * post_scale + post_shift;
+    bits output: bit = (dot >= threshold) != flip, which equals sign of the float output.
+    """
+
+    scale: Any = None
+    bias: Any = None
+    post_scale: Any = None
+    post_shift: Any = None
+    threshold: Any = None
+    flip: Any = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+
+class _BinaryOp(PackedOp):
+    """Shared parts of BinaryDense and BinaryConv2d."""
+
+    def __init__(self, weight_bits: np.ndarray, in_channels: int, epilogue: Epilogue) -> None:
+        super().__init__()
+        self.weight_bits, self.in_channels, self.epilogue = weight_bits, int(in_channels), epilogue
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight_bits.shape[0])
+
+    @property
+    def emits_bits(self) -> bool:
+        return self.epilogue.threshold is not None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"weight_bits": self.weight_bits, **self.epilogue.arrays()}
+
+    def _bits_in(self, x: Bits, ndim: int) -> Any:
+        if x.channels != self.in_channels or x.words.ndim != ndim:
+            raise self.fail(f"expects {self.in_channels} packed channels, got {x.channels} in {x.words.shape}")
+        return x.words
+
+    def _finish(self, y):
+        """The numpy part of the float epilogue (post-scale/shift) on channels-last output."""
+        e = self.epilogue
+        if e.post_scale is not None:
+            y = y * e.post_scale + e.post_shift
+        return y
+
+    def _float_epilogue(self):
+        e, xp = self.epilogue, backend.xp()
+        if e.scale is not None:
+            return e.scale, e.bias
+        return xp.ones(self.out_channels, np.float32), xp.zeros(self.out_channels, np.float32)
+
+
+class BinaryDense(_BinaryOp):
+    """A binary QDense: packed (O, ceil(K/64)) weights, xnor_gemm with the folded epilogue."""
+
+    kind = "binary_dense"
+
+    def forward(self, x):
+        kernels = backend.kernels()
+        if isinstance(x, Bits):
+            a = self._bits_in(x, 2)
+        else:
+            if x.ndim != 2 or x.shape[1] != self.in_channels:
+                raise self.fail(f"expects input (N, {self.in_channels}), got {tuple(x.shape)}")
+            a = kernels.pack_bits(x, axis=1)
+        xp, n, e = backend.xp(), a.shape[0], self.epilogue
+        if self.emits_bits:
+            out = xp.empty((n, kernels.n_words(self.out_channels)), np.uint64)
+            kernels.xnor_gemm_threshold(a, self.weight_bits, self.in_channels, e.threshold, e.flip, out)
+            return Bits(out, self.out_channels)
+        out = xp.empty((n, self.out_channels), np.float32)
+        kernels.xnor_gemm_affine(a, self.weight_bits, self.in_channels, *self._float_epilogue(), out)
+        return self._finish(out)
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_channels}
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryDense":
+        return cls(arrays["weight_bits"], config["in_features"], _epilogue_from(arrays))
+
+
+class BinaryConv2d(_BinaryOp):
+    """A binary QConv2d: packed (O, kh, kw, ceil(C/64)) weights, binary_conv2d with the folded epilogue."""
+
+    kind = "binary_conv2d"
+
+    def __init__(self, weight_bits: np.ndarray, in_channels: int, epilogue: Epilogue, stride=(1, 1),
+                 padding=(0, 0), pad_value: int = 0) -> None:
+        super().__init__(weight_bits, in_channels, epilogue)
+        self.stride, self.padding, self.pad_value = tuple(stride), tuple(padding), int(pad_value)
+        object.__setattr__(self, "_corrections", {})  # (backend, H, W) -> zero-padding correction
+
+    def _correction(self, kernels, hw):
+        if self.pad_value != 0:
+            return None
+        key = (kernels.name, *hw)
+        if key not in self._corrections:
+            self._corrections[key] = kernels.conv_pad_correction(self.weight_bits, self.in_channels, hw,
+                                                                 self.stride, self.padding)
+        return self._corrections[key]
+
+    def forward(self, x):
+        kernels = backend.kernels()
+        if isinstance(x, Bits):
+            words = self._bits_in(x, 4)
+        else:
+            if x.ndim != 4 or x.shape[1] != self.in_channels:
+                raise self.fail(f"expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            words = kernels.pack_bits(x.transpose(0, 2, 3, 1), axis=-1)  # channels-last words
+        n, h, w, _ = words.shape
+        kh, kw = self.weight_bits.shape[1:3]
+        oh, ow = kernels.conv_output_hw((h, w), (kh, kw), self.stride, self.padding)
+        if oh < 1 or ow < 1:
+            raise self.fail(f"input {h}x{w} is smaller than the kernel {kh}x{kw} with padding {self.padding}")
+        args = (words, self.weight_bits, self.in_channels, self.stride, self.padding, self.pad_value)
+        xp, e, corr = backend.xp(), self.epilogue, self._correction(kernels, (h, w))
+        if self.emits_bits:
+            out = xp.empty((n, oh, ow, kernels.n_words(self.out_channels)), np.uint64)
+            kernels.binary_conv2d_threshold(*args, e.threshold, e.flip, out, corr)
+            return Bits(out, self.out_channels)
+        out = xp.empty((n, oh, ow, self.out_channels), np.float32)
+        kernels.binary_conv2d_affine(*args, *self._float_epilogue(), out, corr)
+        return self._finish(out).transpose(0, 3, 1, 2)  # NCHW view of channels-last memory
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "stride": list(self.stride), "padding": list(self.padding),
+                "pad_value": self.pad_value}
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryConv2d":
+        return cls(arrays["weight_bits"], config["in_channels"], _epilogue_from(arrays), config["stride"],
+                   config["padding"], config["pad_value"])
+
+
+def _epilogue_from(arrays: dict[str, np.ndarray]) -> Epilogue:
+    return Epilogue(**{k: arrays.get(k) for k in Epilogue._fields})
+
+
+OPS: dict[str, type[PackedOp]] = {cls.kind: cls for cls in (FloatLayer, Folded, QuantizedLayer, BinaryDense,
+                                                            BinaryConv2d)}
