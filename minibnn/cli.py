@@ -1,4 +1,4 @@
-"""The ``minibnn`` command: train, eval, demo."""
+"""The ``minibnn`` command: train, eval, convert, summary, demo."""
 from __future__ import annotations
 
 import argparse
@@ -91,16 +91,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_packed(path: str) -> bool:
+    """Whether the .json of ``path`` names the packed format (a converted model)."""
+    from minibnn import deploy
+    from minibnn.io import split_path
+
+    json_path = split_path(path)[0]
+    try:
+        return json.loads(json_path.read_text()).get("format") == deploy.fileformat.FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False  # the float loader reports what is wrong with the file
+
+
+def _load_any(path: str):
+    """A float model (minibnn.load) or a packed one (minibnn.deploy.load), by the file's format."""
+    import minibnn
+
+    return minibnn.deploy.load(path) if _is_packed(path) else minibnn.load(path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a saved model on a dataset's test split."""
+    """Evaluate a saved float or packed model on a dataset's test split: accuracy and images/s."""
     import minibnn
     from minibnn import data, train
 
-    model = minibnn.load(args.model_path)
+    model = _load_any(args.model_path)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
+    if isinstance(model, minibnn.deploy.PackedModel):
+        start = time.perf_counter()
+        logits = model.predict(x_test, batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+        result = {"accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test)), "images_per_s": len(y_test) / seconds}
+        print(f"{args.model_path}: packed model, test accuracy {result['accuracy']:.4f}  "
+              f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+        return 0
     result = train.evaluate(model, data.DataLoader(x_test, y_test, args.batch_size))
     print(f"{args.model_path}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
           f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"--input-shape must be comma-separated integers such as 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise CLIError(f"--input-shape must be positive integers such as 1,28,28, got {text!r}")
+    return shape
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a saved float model into binarized_<name>.json/.npz (1 bit per binary weight)."""
+    import minibnn
+    from minibnn.io import split_path
+
+    json_path = split_path(args.model_path)[0]
+    model = minibnn.load(args.model_path)
+    name = json_path.stem
+    out_dir = Path(args.out) if args.out else json_path.parent
+    packed = minibnn.deploy.convert(model, _shape(args.input_shape), name=name)
+    written = packed.save(out_dir / f"binarized_{name}")
+    float_bytes = sum(p.stat().st_size for p in split_path(args.model_path))
+    packed_bytes = sum(packed.files.values())
+    print(f"wrote {written} and {written.with_suffix('.npz').name}: {packed_bytes / 1e6:.3f} MB on disk, "
+          f"{float_bytes / max(1, packed_bytes):.1f}x smaller than {json_path.name} + .npz ({float_bytes / 1e6:.3f} MB)")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print the per-layer summary of a saved float or packed model."""
+    import minibnn
+
+    model = _load_any(args.model_path)
+    shape = args.input_shape or ",".join(map(str, getattr(model, "input_shape", None) or (1, 28, 28)))
+    minibnn.summary(model, _shape(shape))
     return 0
 
 
@@ -177,12 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a saved model")
+    e = sub.add_parser("eval", help="evaluate a saved float or packed model (accuracy, images/s)")
     e.add_argument("model_path")
     e.add_argument("--dataset", default="mnist")
     e.add_argument("--data-root")
     e.add_argument("--batch-size", type=int, default=500)
     e.set_defaults(run=cmd_evaluate)
+
+    c = sub.add_parser("convert", help="pack a saved model: binarized_<name>.json/.npz, 1 bit per binary weight")
+    c.add_argument("model_path")
+    c.add_argument("--out", help="output folder (default: beside the model)")
+    c.add_argument("--input-shape", default="1,28,28", help="one sample's shape, checked by predict (default 1,28,28)")
+    c.set_defaults(run=cmd_convert)
+
+    s = sub.add_parser("summary", help="per-layer bits, parameters, MACs and memory of a saved model")
+    s.add_argument("model_path")
+    s.add_argument("--input-shape", help="one sample's shape (default: the packed file's, else 1,28,28)")
+    s.set_defaults(run=cmd_summary)
 
     d = sub.add_parser("demo", help="train a binarized LeNet on MNIST in about 3 minutes")
     d.add_argument("--seconds", type=float, default=170.0)

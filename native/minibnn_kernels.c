@@ -6,7 +6,8 @@
  * same position, so a SIMD register holds the running counts of several outputs and no
  * horizontal reduction is needed, whatever K is (K = 576 is only 9 words).
  * Popcount: AVX2 nibble lookup (vpshufb, Mula) into byte counters that are flushed with vpsadbw
- * every 31 words; NEON vcntq_u8 likewise; the scalar path uses a 64-bit popcount.
+ * every 31 words, on operands split into nibbles ahead of time (rows and panels twice as many words,
+ * see split_rows); NEON vcntq_u8 likewise; the scalar path uses a 64-bit popcount.
  * Rows of a are read in place (GEMM) or gathered block by block from the channel-packed
  * activations (convolution: im2col over words, with the padding words of the pad value).
  * Work is split in tasks of (block of rows) x (range of panels); each output is written by exactly
@@ -294,65 +295,152 @@ MBK_INLINE void kern_scalar(const uint64_t *const *a, const uint64_t *bp, int64_
 
 #if defined(MBK_X86_AVX2)
 #define MBK_INLINE_AVX2 static inline __attribute__((always_inline, target("avx2,popcnt")))
+#define NIBBLES 0x0F0F0F0F0F0F0F0FULL
 
-MBK_INLINE_AVX2 __m256i avx2_popcnt_bytes(__m256i v, __m256i lut, __m256i low) {
-    const __m256i lo = _mm256_and_si256(v, low);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+/* The AVX2 path takes its operands split into nibbles ahead of time: each word w of an a row
+ * becomes the two words w & NIBBLES, (w >> 4) & NIBBLES (split_rows), and a panel holds both halves
+ * of each b word (pack_panel_avx2). Then popcount(a ^ b) is the byte sum of
+ * LUT[a_lo ^ b_lo] + LUT[a_hi ^ b_hi]: two XORs, two vpshufb and two byte adds per 256 bit-MACs,
+ * with no masking or shifting in the loop. In a split panel, word q holds the 8 low halves, then
+ * the 8 high halves, row j in slot avx2_slot(j): the even rows in the first vector of 4, the odd
+ * rows in the second, so that the two vpsadbw results interleave into rows 0..7 as int32. */
+static inline int avx2_slot(int j) { return (j >> 1) + (j & 1) * (NR / 2); }
+
+static void split_rows(const uint64_t *src, int64_t count, uint64_t *dst) {
+    for (int64_t q = 0; q < count; ++q) {
+        dst[2 * q] = src[q] & NIBBLES;
+        dst[2 * q + 1] = (src[q] >> 4) & NIBBLES;
+    }
+}
+
+/* panel p of b (n, words), split: (words, 2, NR) words, rows past n as zeros. Full panels go 4
+ * words at a time: a 4 x 4 transpose of the even rows and one of the odd rows. */
+MBK_TARGET_AVX2 static void pack_panel_avx2(const uint64_t *b, int64_t n, int64_t words, int64_t p,
+                                            uint64_t *bp) {
+    uint64_t *dst = bp + p * words * 2 * NR;
+    const int nr = (int)min64(NR, n - p * NR);
+    const uint64_t *src = b + p * NR * words;
+    const __m256i nib = _mm256_set1_epi64x((long long)NIBBLES);
+    int64_t q = 0;
+    if (nr == NR) {
+        for (; q + 4 <= words; q += 4) {
+            for (int odd = 0; odd < 2; ++odd) { /* rows odd, odd + 2, odd + 4, odd + 6 */
+                const uint64_t *s = src + odd * words + q;
+                const __m256i r0 = _mm256_loadu_si256((const __m256i *)s);
+                const __m256i r1 = _mm256_loadu_si256((const __m256i *)(s + 2 * words));
+                const __m256i r2 = _mm256_loadu_si256((const __m256i *)(s + 4 * words));
+                const __m256i r3 = _mm256_loadu_si256((const __m256i *)(s + 6 * words));
+                const __m256i t0 = _mm256_unpacklo_epi64(r0, r1), t1 = _mm256_unpackhi_epi64(r0, r1);
+                const __m256i t2 = _mm256_unpacklo_epi64(r2, r3), t3 = _mm256_unpackhi_epi64(r2, r3);
+                __m256i w[4];
+                w[0] = _mm256_permute2x128_si256(t0, t2, 0x20);
+                w[1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+                w[2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+                w[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+                for (int i = 0; i < 4; ++i) {
+                    uint64_t *d = dst + (q + i) * 2 * NR + odd * (NR / 2);
+                    _mm256_store_si256((__m256i *)d, _mm256_and_si256(w[i], nib));
+                    _mm256_store_si256((__m256i *)(d + NR), _mm256_and_si256(_mm256_srli_epi64(w[i], 4), nib));
+                }
+            }
+        }
+    }
+    for (; q < words; ++q) {
+        for (int j = 0; j < NR; ++j) {
+            const uint64_t v = j < nr ? src[j * words + q] : 0;
+            dst[q * 2 * NR + avx2_slot(j)] = v & NIBBLES;
+            dst[q * 2 * NR + NR + avx2_slot(j)] = (v >> 4) & NIBBLES;
+        }
+    }
 }
 
 MBK_INLINE_AVX2 __m256i avx2_bcast(const uint64_t *p) {
     return _mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)p));
 }
 
-/* two vectors of 4 int64 dots -> 8 int32 stored at dst */
-MBK_INLINE_AVX2 void avx2_store_dots(int32_t *dst, __m256i t0, __m256i t1, __m256i kk) {
-    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i d0 = _mm256_sub_epi64(kk, _mm256_add_epi64(t0, t0));
-    const __m256i d1 = _mm256_sub_epi64(kk, _mm256_add_epi64(t1, t1));
-    const __m128i l0 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(d0, idx));
-    const __m128i l1 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(d1, idx));
-    _mm256_storeu_si256((__m256i *)dst, _mm256_inserti128_si256(_mm256_castsi128_si256(l0), l1, 1));
+/* byte counters of slots 0..3 and 4..7 -> the 8 row sums as int32 (row order, see avx2_slot) */
+MBK_INLINE_AVX2 __m256i avx2_sums(__m256i c0, __m256i c1) {
+    const __m256i zero = _mm256_setzero_si256();
+    return _mm256_blend_epi32(_mm256_sad_epu8(c0, zero), _mm256_slli_epi64(_mm256_sad_epu8(c1, zero), 32), 0xAA);
 }
 
-#define AVX2_STEP(c0, c1, row)                                                            \
-    do {                                                                                  \
-        const __m256i x_ = avx2_bcast((row) + q);                                         \
-        c0 = _mm256_add_epi8(c0, avx2_popcnt_bytes(_mm256_xor_si256(x_, b0), lut, low));  \
-        c1 = _mm256_add_epi8(c1, avx2_popcnt_bytes(_mm256_xor_si256(x_, b1), lut, low));  \
+#define AVX2_STEP(c0, c1, row)                                                                     \
+    do {                                                                                           \
+        const __m256i xl_ = avx2_bcast((row) + 2 * q), xh_ = avx2_bcast((row) + 2 * q + 1);        \
+        c0 = _mm256_add_epi8(c0, _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(xl_, b0l)), \
+                                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh_, b0h)))); \
+        c1 = _mm256_add_epi8(c1, _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(xl_, b1l)), \
+                                                 _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh_, b1h)))); \
     } while (0)
 
-MBK_INLINE_AVX2 void kern_avx2(const uint64_t *const *a, const uint64_t *bp, int64_t words, int64_t k,
-                               int32_t *dot) {
+/* a[0..MR): split rows (2 * words words each), bp: one split panel; pop[i]: the popcounts of
+ * a[i] XOR the panel's rows 0..7 (int32; popcounts fit, K <= INT32_MAX) */
+MBK_INLINE_AVX2 void kern_avx2(const uint64_t *const *a, const uint64_t *bp, int64_t words, __m256i *pop) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
     const uint64_t *a0 = a[0], *a1 = a[1], *a2 = a[2];
-    __m256i t00 = zero, t01 = zero, t10 = zero, t11 = zero, t20 = zero, t21 = zero;
+    __m256i t0 = zero, t1 = zero, t2 = zero;
     for (int64_t q0 = 0; q0 < words; q0 += BYTE_FLUSH) {
         const int64_t q1 = min64(words, q0 + BYTE_FLUSH);
         __m256i c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero, c21 = zero;
         for (int64_t q = q0; q < q1; ++q) {
-            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + q * NR));
-            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + q * NR + 4));
+            const uint64_t *bq = bp + q * 2 * NR;
+            const __m256i b0l = _mm256_load_si256((const __m256i *)bq);
+            const __m256i b1l = _mm256_load_si256((const __m256i *)(bq + 4));
+            const __m256i b0h = _mm256_load_si256((const __m256i *)(bq + 8));
+            const __m256i b1h = _mm256_load_si256((const __m256i *)(bq + 12));
             AVX2_STEP(c00, c01, a0);
             AVX2_STEP(c10, c11, a1);
             AVX2_STEP(c20, c21, a2);
         }
-        t00 = _mm256_add_epi64(t00, _mm256_sad_epu8(c00, zero));
-        t01 = _mm256_add_epi64(t01, _mm256_sad_epu8(c01, zero));
-        t10 = _mm256_add_epi64(t10, _mm256_sad_epu8(c10, zero));
-        t11 = _mm256_add_epi64(t11, _mm256_sad_epu8(c11, zero));
-        t20 = _mm256_add_epi64(t20, _mm256_sad_epu8(c20, zero));
-        t21 = _mm256_add_epi64(t21, _mm256_sad_epu8(c21, zero));
+        t0 = _mm256_add_epi32(t0, avx2_sums(c00, c01));
+        t1 = _mm256_add_epi32(t1, avx2_sums(c10, c11));
+        t2 = _mm256_add_epi32(t2, avx2_sums(c20, c21));
     }
-    const __m256i kk = _mm256_set1_epi64x((long long)k);
-    avx2_store_dots(dot + 0 * NR, t00, t01, kk);
-    avx2_store_dots(dot + 1 * NR, t10, t11, kk);
-    avx2_store_dots(dot + 2 * NR, t20, t21, kk);
+    pop[0] = t0, pop[1] = t1, pop[2] = t2;
 }
 #undef AVX2_STEP
+
+/* the AVX2 block: as MBK_DEFINE_BLOCK, on split rows and panels, full tiles stored directly */
+MBK_TARGET_AVX2 static void block_avx2(const job_t *jb, const uint64_t *base, int64_t m0, int64_t rows,
+                                       int64_t p0, int64_t p1) {
+    const int64_t words = jb->words, n = jb->n;
+    const int64_t group = 1 + 16384 / (words * 2 * NR * (int64_t)sizeof(uint64_t));
+    const int direct = jb->out != NULL && jb->corr == NULL; /* int32 output, no correction */
+    const __m256i kk = _mm256_set1_epi32((int32_t)jb->k);
+    int32_t dot[MR * NR];
+    for (int64_t g0 = p0; g0 < p1; g0 += group) {
+        const int64_t g1 = min64(p1, g0 + group);
+        for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+            const int mr = (int)min64(MR, rows - i0);
+            const uint64_t *ptr[MR];
+            const int32_t *crow[MR];
+            for (int i = 0; i < MR; ++i) ptr[i] = base + (i0 + (i < mr ? i : mr - 1)) * 2 * words;
+            if (jb->corr != NULL) {
+                int64_t pos = (m0 + i0) % jb->ohw;
+                for (int i = 0; i < MR; ++i, ++pos) {
+                    if (pos == jb->ohw) pos = 0;
+                    crow[i] = jb->corr + pos * n;
+                }
+            }
+            for (int64_t p = g0; p < g1; ++p) {
+                const int64_t n0 = p * NR;
+                __m256i pop[MR];
+                kern_avx2(ptr, jb->bp + p * words * 2 * NR, words, pop);
+                if (direct && n0 + NR <= n) {
+                    int32_t *o = jb->out + (m0 + i0) * n + n0;
+                    for (int i = 0; i < mr; ++i)
+                        _mm256_storeu_si256((__m256i *)(o + i * n), _mm256_sub_epi32(kk, _mm256_add_epi32(pop[i], pop[i])));
+                    continue;
+                }
+                for (int i = 0; i < MR; ++i)
+                    _mm256_storeu_si256((__m256i *)(dot + i * NR), _mm256_sub_epi32(kk, _mm256_add_epi32(pop[i], pop[i])));
+                store_tile(jb, m0 + i0, mr, n0, (int)min64(NR, n - n0), jb->corr != NULL ? crow : NULL, dot);
+            }
+        }
+    }
+}
 #endif /* MBK_X86_AVX2 */
 
 #if defined(MBK_NEON)
@@ -426,15 +514,12 @@ typedef void (*block_fn)(const job_t *jb, const uint64_t *base, int64_t m0, int6
     }
 
 MBK_DEFINE_BLOCK(block_scalar, static, kern_scalar)
-#if defined(MBK_X86_AVX2)
-MBK_DEFINE_BLOCK(block_avx2, MBK_TARGET_AVX2 static, kern_avx2)
-#endif
 #if defined(MBK_NEON)
 MBK_DEFINE_BLOCK(block_neon, static, kern_neon)
 #endif
 
-static block_fn pick_block(void) {
-    switch (active_isa()) {
+static block_fn pick_block(int isa) {
+    switch (isa) {
 #if defined(MBK_X86_AVX2)
     case ISA_AVX2: return block_avx2;
 #endif
@@ -492,17 +577,26 @@ static void im2col_words(const conv_geom *g, int64_t m0, int64_t rows, uint64_t 
     }
 }
 
-static void run_task(const job_t *jb, block_fn block, int64_t mb, int64_t nsplit, int64_t t, uint64_t *buf) {
+static void run_task(const job_t *jb, block_fn block, int64_t mb, int64_t nsplit, int64_t t, uint64_t *buf,
+                     uint64_t *sbuf) {
     const int64_t panels = (jb->n + NR - 1) / NR;
     const int64_t m0 = (t / nsplit) * mb, s = t % nsplit;
     const int64_t rows = min64(mb, jb->m - m0);
     const int64_t p0 = panels * s / nsplit, p1 = panels * (s + 1) / nsplit;
-    if (jb->cv != NULL) {
+    const uint64_t *src = buf;
+    if (jb->cv != NULL)
         im2col_words(jb->cv, m0, rows, buf);
-        block(jb, buf, m0, rows, p0, p1);
-    } else {
-        block(jb, jb->a + m0 * jb->words, m0, rows, p0, p1);
+    else
+        src = jb->a + m0 * jb->words;
+#if defined(MBK_X86_AVX2)
+    if (sbuf != NULL) { /* the AVX2 block takes split rows */
+        split_rows(src, rows * jb->words, sbuf);
+        src = sbuf;
     }
+#else
+    (void)sbuf;
+#endif
+    block(jb, src, m0, rows, p0, p1);
 }
 
 static int run_job(job_t *jb) {
@@ -522,11 +616,18 @@ static int run_job(job_t *jb) {
         return MBK_OK;
     }
     const int64_t panels = (n + NR - 1) / NR;
+    const int isa = active_isa();
+    const int split = isa == ISA_AVX2; /* split rows and panels (see split_rows) */
+    void (*pack)(const uint64_t *, int64_t, int64_t, int64_t, uint64_t *) = pack_panel;
+#if defined(MBK_X86_AVX2)
+    if (split) pack = pack_panel_avx2;
+#endif
     void *bp_base = NULL;
-    uint64_t *bp = (uint64_t *)aligned_scratch((size_t)(panels * words * NR) * sizeof(uint64_t), &bp_base);
+    uint64_t *bp = (uint64_t *)aligned_scratch((size_t)(panels * words * NR * (split ? 2 : 1)) * sizeof(uint64_t),
+                                               &bp_base);
     if (bp == NULL) return MBK_ENOMEM;
     jb->bp = bp;
-    const block_fn block = pick_block();
+    const block_fn block = pick_block(isa);
 
     const int nthreads = mbk_get_num_threads();
     /* rows per block: the block (mb x words words) stays in L1/L2 while the panels stream by */
@@ -547,23 +648,27 @@ static int run_job(job_t *jb) {
 #pragma omp parallel num_threads(nthreads) if (parallel)
 #endif
     {
-        void *buf_base = NULL;
-        uint64_t *buf = NULL;
+        void *buf_base = NULL, *sbuf_base = NULL;
+        uint64_t *buf = NULL, *sbuf = NULL;
         int my_err = 0;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t p = 0; p < panels; ++p) pack_panel(jb->b, n, words, p, bp);
+        for (int64_t p = 0; p < panels; ++p) pack(jb->b, n, words, p, bp);
         /* (the implicit barrier: every panel is packed before any task reads one) */
         if (jb->cv != NULL) {
             buf = (uint64_t *)aligned_scratch((size_t)(mb * words) * sizeof(uint64_t), &buf_base);
             if (buf == NULL) my_err = 1;
         }
+        if (split) {
+            sbuf = (uint64_t *)aligned_scratch((size_t)(mb * words * 2) * sizeof(uint64_t), &sbuf_base);
+            if (sbuf == NULL) my_err = 1;
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t t = 0; t < ntasks; ++t) {
-            if (!my_err) run_task(jb, block, mb, nsplit, t, buf);
+            if (!my_err) run_task(jb, block, mb, nsplit, t, buf, sbuf);
         }
         if (my_err) {
 #ifdef _OPENMP
@@ -572,6 +677,7 @@ static int run_job(job_t *jb) {
             err = 1;
         }
         free(buf_base);
+        free(sbuf_base);
     }
     free(bp_base);
     return err ? MBK_ENOMEM : MBK_OK;

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from minibnn.backend import numpy_ref as ref
-from minibnn.deploy.model import PackedModel, replace_leaf
-from minibnn.deploy.ops import OPS, BinaryConv2d, BinaryDense, PackedOp, QuantizedLayer
+from minibnn.deploy.model import PackedModel, replace_leaf, submodule
+from minibnn.deploy.ops import OPS, BinaryConv2d, BinaryDense, FloatLayer, PackedOp, QuantizedLayer
 from minibnn.io import ModelFileError, read_pair, split_path, write_pair
-from minibnn.nn.module import from_config
+from minibnn.nn.module import Module, from_config
+from minibnn.nn.quantized import QConv2d, _QLayer
 
 FORMAT = "minibnn-packed"
 VERSION = 1
@@ -32,7 +33,14 @@ def save(packed: PackedModel, path: str | os.PathLike) -> Path:
     header = {"format": FORMAT, "version": VERSION, "name": packed.name, "architecture": packed.architecture,
               "input_shape": list(packed.input_shape) if packed.input_shape is not None else None,
               "layers": layers, "array_bytes": packed.nbytes}
-    return write_pair(path, header, arrays)
+    json_path = write_pair(path, header, arrays)
+    packed.files = _file_sizes(json_path, header.get("npz"))
+    return json_path
+
+
+def _file_sizes(json_path: Path, npz_name: str | None) -> dict[str, int]:
+    npz_path = json_path.with_name(npz_name) if npz_name else split_path(json_path)[1]
+    return {str(p): p.stat().st_size for p in (json_path, npz_path) if p.exists()}
 
 
 def load(path: str | os.PathLike) -> PackedModel:
@@ -55,11 +63,18 @@ def load(path: str | os.PathLike) -> PackedModel:
     for layer_path in expected:
         own = {k.partition(":")[2]: v for k, v in arrays.items() if k.partition(":")[0] == layer_path}
         used.update(f"{layer_path}:{k}" for k in own)
-        root = replace_leaf(root, layer_path, _build(json_path, layer_path, layers[layer_path], own))
+        op = _build(json_path, layer_path, layers[layer_path], own)
+        problem = _mismatch(op, submodule(root, layer_path))
+        if problem:
+            raise ModelFileError(f"{json_path}: layer {layer_path or '(root)'} ({op.kind}) does not fit the "
+                                 f"architecture: {problem}")
+        root = replace_leaf(root, layer_path, op)
     if set(arrays) - used:
         raise ModelFileError(f"{json_path}: arrays of no layer: {sorted(set(arrays) - used)}")
     shape = header.get("input_shape")
-    return PackedModel(root, header["architecture"], shape, str(header.get("name", json_path.stem)))
+    packed = PackedModel(root, header["architecture"], shape, str(header.get("name", json_path.stem)))
+    packed.files = _file_sizes(json_path, header.get("npz"))
+    return packed
 
 
 def _build(json_path: Path, layer_path: str, spec, arrays: dict[str, np.ndarray]) -> PackedOp:
@@ -74,6 +89,26 @@ def _build(json_path: Path, layer_path: str, spec, arrays: dict[str, np.ndarray]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{where} ({spec['op']}): {exc}") from None
     return op
+
+
+def _mismatch(op: PackedOp, leaf: Module) -> str:
+    """What differs between a loaded op and the architecture's leaf at its place ('' if nothing)."""
+    if isinstance(op, FloatLayer):
+        same = op.module.to_config() == leaf.to_config()
+        return "" if same else f"{op.module.to_config()['type']} where the architecture has {type(leaf).__name__}"
+    if isinstance(op, (BinaryDense, BinaryConv2d, QuantizedLayer)):
+        if not isinstance(leaf, _QLayer):
+            return f"a quantized layer where the architecture has {type(leaf).__name__}"
+        if (isinstance(op, BinaryConv2d) or getattr(op, "layer", "") == "conv") != isinstance(leaf, QConv2d):
+            return f"{'conv' if isinstance(leaf, QConv2d) else 'dense'} layer expected"
+        weight = op.weight_bits if hasattr(op, "weight_bits") else op.weight
+        k = op.in_channels if hasattr(op, "in_channels") else weight.shape[1]
+        want, got = tuple(leaf.weight.shape), (weight.shape[0], k, *weight.shape[1:3][: leaf.weight.ndim - 2])
+        if isinstance(op, QuantizedLayer):
+            got = tuple(weight.shape)
+        if got != want:
+            return f"weights {got}, the architecture says {want}"
+    return ""
 
 
 def _check_vector(name: str, a, n: int, dtype) -> None:

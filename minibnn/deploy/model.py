@@ -42,6 +42,7 @@ class PackedModel:
                  name: str = "model") -> None:
         self.root, self.architecture, self.name = root.eval(), architecture, name
         self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
+        self.files: dict[str, int] = {}  # file -> bytes on disk, once saved or loaded
         for path, op in self.layers():
             object.__setattr__(op, "path", path)
 
