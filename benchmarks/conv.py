@@ -17,7 +17,8 @@ Compared with minibnn.functional.conv2d (float32, no_grad) and, when installed, 
 torch.nn.functional.conv2d, at the same thread count (one process per count, with
 OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS and MINIBNN_NUM_THREADS set before NumPy
 loads; torch.set_num_threads too). Each binary result is checked against the float conv of the
-signs before it is timed. Runs are interleaved; the median is reported.
+signs before it is timed. Runs are interleaved, each after an untimed call of the same method
+(machine.timed); the median is reported.
 """
 from __future__ import annotations
 

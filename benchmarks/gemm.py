@@ -13,7 +13,8 @@ OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS and MINIBNN_NUM_THREADS s
 loads), the script times numpy.matmul on float32, numpy_ref.xnor_gemm and native.xnor_gemm on
 pre-packed words, and the packing of A and of B (native.pack_bits of the float32 rows) on its own.
 Runs are interleaved (one run of every method, then the next) so that load from other processes
-hits them alike; the median is reported. GMAC/s counts M * N * K multiply-adds (bit-MACs for the
+hits them alike, each timed call right after an untimed one of the same method (warm caches,
+see machine.timed); the median is reported. GMAC/s counts M * N * K multiply-adds (bit-MACs for the
 binary kernels). Ratios are against numpy float32 at the same shape and thread count; "incl. pack"
 adds the packing of B (the activations side: a layer's weights are packed once, ahead of time).
 """

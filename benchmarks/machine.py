@@ -65,7 +65,13 @@ def print_report(name: str, argv: list[str] | None, repeats: int, quick: bool, t
 
 
 def timed(fn) -> float:
-    """Seconds one call of ``fn()`` takes."""
+    """Seconds one call of ``fn()`` takes, right after an untimed call of it.
+
+    The untimed call puts the method's own operands back in the caches: runs of several methods
+    are interleaved, and one method (numpy_ref's temporaries, a whole float model) can otherwise
+    evict the next one's data, which measured up to 1.5-2x slower than it runs in a network.
+    """
+    fn()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
