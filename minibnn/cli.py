@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="pack a saved model: binarized_<name>.json/.npz, 1 bit per binary weight")
     c.add_argument("model_path")
     c.add_argument("--out", help="output folder (default: beside the model)")
-    c.add_argument("--input-shape", default="1,28,28", help="one sample's shape, checked by predict (default 1,28,28)")
+    c.add_argument("--input-shape", default="1,28,28",
+                   help="one sample's shape: the conversion is verified on it and predict checks it (default 1,28,28)")
     c.set_defaults(run=cmd_convert)
 
     s = sub.add_parser("summary", help="per-layer bits, parameters, MACs and memory of a saved model")
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend:
             minibnn.use(args.backend)
         return args.run(args)
-    except (CLIError, ModelFileError, IDXError, TrainingDiverged, FileNotFoundError,
+    except (CLIError, ModelFileError, IDXError, TrainingDiverged, OSError,
             minibnn.backend.BackendUnavailable, ValueError) as exc:
         print(f"minibnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -130,12 +130,16 @@ def read_pair(path: str | os.PathLike, fmt: str = FORMAT,
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise ModelFileError(f"{json_path}: not a {fmt} file (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > max_version:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{json_path}: bad format version {version!r}")
+    if version > max_version:
         raise ModelFileError(f"{json_path}: format version {version!r} is newer than this minibnn "
                              f"reads ({max_version}); upgrade minibnn")
     npz_path = _npz_beside(json_path, header, npz_path)
-    arrays = read_npz(npz_path, header.get("npz_sha256"))
+    arrays = read_npz(npz_path, header.get("npz_sha256"))  # without a checksum every array is still checked
     declared = header.get("arrays", {})
+    if not isinstance(declared, dict) or not all(isinstance(m, dict) for m in declared.values()):
+        raise ModelFileError(f"{json_path}: 'arrays' must map each array name to its shape and dtype")
     if set(declared) != set(arrays):
         raise ModelFileError(f"{npz_path}: arrays {sorted(arrays)} differ from those listed in "
                              f"{json_path.name}: {sorted(declared)}")

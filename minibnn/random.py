@@ -1,6 +1,8 @@
 """The library's random number generator (weight init, dropout): one seed makes runs repeatable."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,3 +29,13 @@ def get_state() -> dict[str, Any]:
 def set_state(state: dict[str, Any]) -> None:
     """Restore a state from get_state()."""
     _rng.bit_generator.state = state
+
+
+@contextlib.contextmanager
+def preserved() -> Iterator[None]:
+    """Run a block (e.g. building a throwaway model) without moving the global generator."""
+    state = get_state()
+    try:
+        yield
+    finally:
+        set_state(state)

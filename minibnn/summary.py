@@ -140,13 +140,20 @@ def _bits_of(m: Module) -> tuple[int | None, int | None]:
     return None, None
 
 
-def summary(model, input_shape, print_fn=print) -> Summary:
-    """Print and return the summary of a Module or a PackedModel for one sample of ``input_shape``."""
-    from minibnn import deploy
+def summary(model, input_shape=None, print_fn=print) -> Summary:
+    """Print and return the summary of a Module or a PackedModel for one sample of ``input_shape``
+    (default: the shape a PackedModel was converted for)."""
+    from minibnn import deploy, random
 
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError("summary needs input_shape, one sample's shape such as (1, 28, 28)")
     input_shape = tuple(int(v) for v in input_shape)
     if isinstance(model, deploy.PackedModel):
-        packed, float_model, name = model, from_config(model.architecture), model.name
+        with random.preserved():  # a skeleton for shapes and MACs; its weights are never used
+            float_model = from_config(model.architecture)
+        packed, name = model, model.name
     elif isinstance(model, Module):
         packed, float_model, name = None, model, type(model).__name__
     else:
@@ -162,7 +169,7 @@ def summary(model, input_shape, print_fn=print) -> Summary:
     for path, m in float_model.named_modules():
         if m._modules:
             continue
-        macs = _macs(m, shapes.get(path, ()))
+        macs = _macs(m, shapes[path]) if path in shapes else 0  # a layer the forward pass never ran: no MACs
         binary = isinstance(m, _QLayer) and m.is_binary
         stored = sum(p.data.size for p in m._parameters.values() if p is not None)
         stored += sum(np.asarray(getattr(m, b)).size for b in m._buffers)

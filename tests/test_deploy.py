@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 import minibnn
 from minibnn import backend, deploy, models, nn
-from minibnn.deploy.ops import Bits
+from minibnn.deploy.convert import Fold, epilogue_values, thresholds
+from minibnn.deploy.ops import Bits, Epilogue
 from minibnn.io import ModelFileError
+from minibnn.nn.models import BasicBlock
 
 BACKENDS = [name for name in backend.available() if name != "cuda"]
 
@@ -69,8 +71,11 @@ def record_outputs(model, x) -> dict[str, np.ndarray]:
     return seen
 
 
-def check_against_simulation(model, x, name: str) -> dict:
-    """Packed logits == simulated logits, bit for bit, on every backend; threshold bits == simulated signs."""
+def check_against_simulation(model, x, name: str, per_layer: bool = True) -> dict:
+    """Packed logits == simulated logits, bit for bit, on every backend; threshold bits == simulated signs.
+
+    ``per_layer``: also run each binary layer alone on its simulated input (zoo-shaped models only:
+    Sequentials and ResNet blocks, whose layer inputs the helpers below can rebuild)."""
     expected = simulate(model, x)
     packed = deploy.convert(model)
     sim = record_outputs(model, x)
@@ -81,7 +86,7 @@ def check_against_simulation(model, x, name: str) -> dict:
             got = packed.predict(x)
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=f"{name} on {backend_name}")
             np.testing.assert_array_equal(got, expected, err_msg=f"{name} on {backend_name}")
-            for path, fold in plan.items():  # each binary layer, run alone on the simulated input
+            for path, fold in plan.items() if per_layer else ():  # each binary layer alone
                 op = dict(packed.layers())[path]
                 after = fold.bn or path
                 out = op(_input_of(model, path, x, sim))
@@ -191,11 +196,86 @@ def test_threshold_layers_meet_exact_ties():
 
 def test_plan_folds_batch_norm_and_emits_bits_only_between_binary_layers():
     plan = deploy.fold_plan(models.vgg_small(width=8, image_size=16))
-    assert plan["2"] == (None, False)       # QConv -> MaxPool: float output
-    assert plan["5"] == ("6", True)         # QConv -> BN -> QConv: threshold bits
+    assert plan["2"] == Fold(None, False)       # QConv -> MaxPool: float output
+    assert plan["5"] == Fold("6", True)         # QConv -> BN -> QConv: threshold bits
     plan = deploy.fold_plan(models.resnet18(width=8))
-    assert plan["body.0.conv1"] == ("body.0.bn1", False)
-    assert plan["body.2.shortcut.0"] == ("body.2.shortcut.1", False)
+    assert plan["body.0.conv1"] == Fold("body.0.bn1", False)
+    assert plan["body.2.shortcut.0"] == Fold("body.2.shortcut.1", False)
+
+
+def test_a_sign_between_binary_layers_lets_the_bits_through():
+    """QDense -> BN -> QActivation(1) -> QDense (BMXNet's pattern): sign(sign(x)) = sign(x)."""
+    minibnn.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dense(12, 70), nn.QDense(70, 65), nn.BatchNorm1d(65),
+                          nn.QActivation(1), nn.QDense(65, 9), nn.Dense(9, 3))
+    assert deploy.fold_plan(model)["2"] == Fold("3", True, ("4",))
+    randomize_stats(model)
+    result = check_against_simulation(model, np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32), "sign")
+    assert dict(result["packed"].layers())["2"].emits_bits
+
+
+class ReorderedBlock(BasicBlock):
+    """A subclass whose forward applies bn1 before conv1: its inherited fold_pairs must not be used."""
+
+    def forward(self, x):
+        y = self.conv1(self.bn1(x)) + self.shortcut(x)
+        return self.bn2(self.conv2(y)) + y
+
+
+class FunctionalBlock(nn.Module):
+    """A container whose forward calls functional ops between its layers (they return Tensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Dense(12, 40)
+        self.q = nn.QDense(40, 20)
+        self.head = nn.Dense(20, 3)
+
+    def forward(self, x):
+        return self.head(minibnn.functional.relu(self.q(minibnn.functional.relu(self.fc(x)))))
+
+
+def test_only_the_data_flow_a_class_declares_is_folded():
+    block = ReorderedBlock(8, 8)
+    assert deploy.fold_plan(block)["conv1"] == Fold(None, False)
+    randomize_stats(block)
+    x = np.random.default_rng(0).normal(size=(2, 8, 5, 5)).astype(np.float32)
+    check_against_simulation(block, x, "block", per_layer=False)
+    model = FunctionalBlock()
+    x = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32)
+    check_against_simulation(model, x, "functional", per_layer=False)
+
+
+def test_convert_verifies_its_result_on_the_input_shape():
+    class Hidden(nn.Module):  # uses bn on the conv output AND the raw conv output: folding would be wrong
+        fold_pairs = (("conv", "bn"),)
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.QConv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = Hidden()
+    randomize_stats(model)
+    with pytest.raises(ValueError, match="does not compute what the float model does"):
+        deploy.convert(model, (4, 6, 6))
+    with pytest.raises(ValueError, match=r"input_shape \(3, 6, 6\) does not fit the model"):
+        deploy.convert(models.vgg_small(width=8, image_size=16), (3, 6, 6))
+
+
+def test_thresholds_follow_the_float_epilogue_through_special_values():
+    """Negative, zero, infinite and NaN scales and shifts: the bits equal sign(epilogue) for every dot."""
+    specials = np.array([0.0, -0.0, 1.5, -1.5, np.inf, -np.inf, np.nan, 1e38, -1e38, 1e-45], np.float32)
+    scale, shift = np.meshgrid(specials, specials)
+    e = Epilogue(scale=scale.ravel().astype(np.float32), bias=shift.ravel().astype(np.float32))
+    threshold, flip = thresholds(e, 9, scale.size)
+    dots = np.arange(-9, 10)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = epilogue_values(e, dots) >= 0
+    np.testing.assert_array_equal((dots[:, None] >= threshold) != flip, want)
 
 
 # ---------------------------------------------------------------- random small models
@@ -379,6 +459,66 @@ def test_edited_header_is_refused_naming_the_layer(saved_packed, edit, message):
         deploy.load(saved_packed)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h["layers"]["8"].update(op="folded", config={}), r"layer 8 \(folded\): arrays \['bias', 'weight'\]"),
+    (lambda h: h["layers"]["3"].update(op=["binary_dense"]), "string 'op'"),
+    (lambda h: h["layers"]["3"]["config"].update(in_features="32"), "in_features must be an int"),
+    (lambda h: h.update(input_shape="1,28,28"), "input_shape must be a list"),
+    (lambda h: h["arrays"].update({"3:weight_bits": 5}), "'arrays' must map"),
+])
+def test_crafted_headers_are_refused(saved_packed, edit, message):
+    _edit_header(saved_packed, edit)
+    with pytest.raises(ModelFileError, match=message):
+        deploy.load(saved_packed)
+
+
+def _rewrite(tmp_path, saved, change) -> "Path":
+    """A consistent (.json, .npz) pair with ``change(header, arrays)`` applied (checksums redone)."""
+    from minibnn.io import write_pair
+
+    header = json.loads(saved.with_suffix(".json").read_text())
+    with np.load(saved.with_suffix(".npz")) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(header, arrays)
+    header = {k: v for k, v in header.items() if k not in ("arrays", "npz", "npz_sha256", "npz_bytes")}
+    write_pair(tmp_path / "edited", header, arrays)
+    return tmp_path / "edited"
+
+
+def test_layers_that_contradict_the_architecture_are_refused(tmp_path):
+    model = nn.Sequential(nn.QConv2d(3, 8, 3, padding=1, pad_value=1), nn.BatchNorm2d(8), nn.MaxPool2d(2),
+                          nn.QConv2d(8, 8, 3, act_bit=2, weight_bit=2), nn.Flatten(), nn.Dense(8, 3))
+    deploy.convert(model).save(tmp_path / "m")
+    cases = [
+        (lambda h, a: h["layers"]["0"]["config"].update(pad_value=-1), "pad_value -1; the architecture says .* 1"),
+        (lambda h, a: h["layers"]["3"]["config"].update(act_bit=3), "act_bit 3, the architecture says 2"),
+        (lambda h, a: a.update({"3:alpha": np.ones(8, np.float32)}), "alpha / bias do not match"),
+        (lambda h, a: a.update({"0:junk": np.ones(8, np.float32)}), r"arrays \[.*junk.*\] differ"),
+        (lambda h, a: h["layers"]["0"]["config"].update(stride=[2, 2]), r"stride \(2, 2\)"),
+        (lambda h, a: h["layers"]["2"].update(op="folded", config={}), r"layer 2 \(folded\) does not fit .* MaxPool2d"),
+        (lambda h, a: (h["layers"]["1"].update(op="float", config={"module": nn.BatchNorm2d(8).to_config()}),
+                       a.update({f"1:{k}": v for k, v in nn.BatchNorm2d(8).state_dict().items()})),
+         "the converter folds this BatchNorm2d away"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ModelFileError, match=message):
+            deploy.load(_rewrite(tmp_path, tmp_path / "m", change))
+
+
+def test_loading_and_converting_leave_the_global_generator_alone(saved_packed):
+    minibnn.manual_seed(0)
+    expected = minibnn.random.generator().random()
+    minibnn.manual_seed(0)
+    deploy.load(saved_packed)
+    deploy.convert(models.lenet(), (1, 28, 28))
+    minibnn.summary(models.lenet(), (1, 28, 28), print_fn=None)
+    # models.lenet() itself draws its initial weights; compare against the same draws without the rest
+    after = minibnn.random.generator().random()
+    minibnn.manual_seed(0)
+    models.lenet(), models.lenet()
+    assert after == minibnn.random.generator().random() and expected is not None
+
+
 def test_edited_arrays_are_refused_naming_the_layer(tmp_path, saved_packed):
     """A consistent .json/.npz pair whose threshold has the wrong dtype: refused by the layer check."""
     header = json.loads(saved_packed.with_suffix(".json").read_text())
@@ -440,4 +580,9 @@ def test_cli_convert_eval_summary(tmp_path, capsys):
     assert "compression" in capsys.readouterr().out
     assert main(["convert", str(tmp_path / "missing.json")]) == 2
     assert "missing.json: file not found" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["binarized_lenet.json", "binarized_lenet.npz"]
+    minibnn.save(models.vgg_small(width=8, image_size=16), tmp_path / "vgg")  # 3 x 16 x 16 input
+    assert main(["convert", str(tmp_path / "vgg.json"), "--out", str(tmp_path / "out")]) == 2
+    assert "input_shape (1, 28, 28) does not fit the model" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "vgg.json"), "--out", str(tmp_path / "out"), "--input-shape", "3,16,16"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["binarized_lenet.json", "binarized_lenet.npz",
+                                                                     "binarized_vgg.json", "binarized_vgg.npz"]

@@ -281,7 +281,11 @@ def _workload(kb):
     convs = [kb.binary_conv2d(xw, ww, 100, s, 1, pv,
                               np.empty((2, *ref.conv_output_hw((12, 11), (3, 3), (s, s), (1, 1)), 20), np.int32))
              for s, pv in ((1, 0), (2, 1), (1, -1))]
-    return [aw, bw, xw, ww, gemm, *convs]
+    thr, flip = thresholds_near(rng, gemm, 70)
+    bits = kb.xnor_gemm_threshold(aw, bw, 1000, thr, flip, np.empty((130, 2), np.uint64))
+    thr, flip = thresholds_near(rng, convs[0], 20)
+    conv_bits = kb.binary_conv2d_threshold(xw, ww, 100, 1, 1, 0, thr, flip, np.empty((2, 12, 11, 1), np.uint64))
+    return [aw, bw, xw, ww, gemm, *convs, bits, conv_bits]
 
 
 @pytest.mark.parametrize("name", BACKENDS)

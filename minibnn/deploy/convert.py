@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minibnn import random
 from minibnn.backend import numpy_ref as ref
 from minibnn.backend import to_numpy
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
@@ -26,14 +27,17 @@ from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, Epilogue, FloatLayer,
 from minibnn.functional.norm import eval_affine
 from minibnn.nn.layers import BatchNorm1d, BatchNorm2d, Sequential
 from minibnn.nn.module import Module, from_config
-from minibnn.nn.quantized import QDense, _alpha, _QLayer
+from minibnn.nn.quantized import QActivation, QDense, _alpha, _QLayer
 
 
 class Fold(NamedTuple):
-    """What the converter does after a binary layer: the batch norm it absorbs, whether it emits bits."""
+    """What the converter does after a binary layer: the batch norm it absorbs, whether it emits bits,
+    and the QActivation(act_bit=1) layers between it and the next binary layer that become no-ops
+    (sign of a sign changes nothing) so that the bits pass through them."""
 
     bn: str | None
     emits_bits: bool
+    skipped: tuple[str, ...] = ()
 
 
 def is_binary(m: Module) -> bool:
@@ -52,22 +56,37 @@ def _same_kind(a: Module, b: Module | None) -> bool:
     return is_binary(b) and type(a) is type(b) and b.in_size == a.out_size
 
 
+def _is_sign(m: Module | None) -> bool:
+    return isinstance(m, QActivation) and m.act_bit == 1
+
+
 def fold_plan(model: Module) -> dict[str, Fold]:
-    """For each binary layer (by dotted path): the batch norm folded into it and whether it emits bits."""
+    """For each binary layer (by dotted path): the batch norm folded into it and whether it emits bits.
+
+    Only structures whose data flow is known are folded: a plain Sequential (each layer feeds the
+    next), and the (layer, batch norm) pairs a module class declares in its own ``fold_pairs``
+    next to its own ``forward`` (a subclass with another forward declares its own or none).
+    """
     plan = {path: Fold(None, False) for path, m in model.named_modules() if is_binary(m)}
     for path, m in model.named_modules():
         prefix = f"{path}." if path else ""
-        if isinstance(m, Sequential):
+        if type(m) is Sequential:
             names, layers = list(m._modules), list(m._modules.values())
             for i, layer in enumerate(layers):
                 if not is_binary(layer):
                     continue
-                bn = layers[i + 1] if i + 1 < len(layers) and _bn_for(layer, layers[i + 1]) else None
-                after = i + (2 if bn is not None else 1)
-                consumer = layers[after] if after < len(layers) else None
-                plan[prefix + names[i]] = Fold(prefix + names[i + 1] if bn is not None else None,
-                                               _same_kind(layer, consumer))
-        for layer_name, bn_name in getattr(type(m), "fold_pairs", ()):
+                j = i + 1
+                bn = layers[j] if j < len(layers) and _bn_for(layer, layers[j]) else None
+                j += bn is not None
+                signs = []
+                while j < len(layers) and _is_sign(layers[j]):
+                    signs.append(prefix + names[j])
+                    j += 1
+                bits = _same_kind(layer, layers[j] if j < len(layers) else None)
+                plan[prefix + names[i]] = Fold(prefix + names[i + 1] if bn is not None else None, bits,
+                                               tuple(signs) if bits else ())
+        own = type(m).__dict__
+        for layer_name, bn_name in own.get("fold_pairs", ()) if "forward" in own else ():
             layer, bn = m._modules.get(layer_name), m._modules.get(bn_name)
             if is_binary(layer):
                 plan[prefix + layer_name] = Fold(prefix + bn_name if _bn_for(layer, bn) else None, False)
@@ -110,7 +129,8 @@ def thresholds(e: Epilogue, k: int, channels: int) -> tuple[np.ndarray, np.ndarr
     step = max(1, (1 << 22) // dots.size)
     for c0 in range(0, channels, step):
         sub = Epilogue(*(a[c0:c0 + step] if a is not None else None for a in e))
-        bits = epilogue_values(sub, dots) >= 0            # (2k + 1, channels): the sign as +1 / -1
+        with np.errstate(all="ignore"):                   # inf / NaN epilogues are followed, not fixed
+            bits = epilogue_values(sub, dots) >= 0        # (2k + 1, channels): the sign as +1 / -1
         ones, count = bits.any(axis=0), bits.sum(axis=0)
         first = np.argmax(bits, axis=0)                   # first dot whose sign is +1
         last = dots.size - 1 - np.argmax(bits[::-1], axis=0)
@@ -125,7 +145,7 @@ def thresholds(e: Epilogue, k: int, channels: int) -> tuple[np.ndarray, np.ndarr
     return threshold, flip
 
 
-def _binary_op(layer: _QLayer, bn: Module | None, emits_bits: bool) -> PackedOp:
+def _binary_op(layer: _QLayer, bn: Module | None, emits_bits: bool, path: str) -> PackedOp:
     w = to_numpy(layer.weight.data)
     epilogue = _epilogue(layer, bn)
     if isinstance(layer, QDense):
@@ -134,7 +154,10 @@ def _binary_op(layer: _QLayer, bn: Module | None, emits_bits: bool) -> PackedOp:
         k, words = layer.in_channels * w.shape[2] * w.shape[3], ref.pack_bits(w.transpose(0, 2, 3, 1), axis=-1)
     if emits_bits:
         folded = thresholds(epilogue, k, w.shape[0])
-        if folded is not None:
+        if folded is None:  # cannot happen with float32 rounding (monotone steps); stay exact anyway
+            warnings.warn(f"layer {path}: its epilogue is not monotone in some channel; it keeps a float output "
+                          "instead of an integer threshold", UserWarning, stacklevel=3)
+        else:
             epilogue = Epilogue(threshold=folded[0], flip=folded[1])
     if isinstance(layer, QDense):
         return BinaryDense(words, layer.in_features, epilogue)
@@ -156,7 +179,8 @@ def _quantized_op(layer: _QLayer) -> QuantizedLayer:
 
 
 def _float_copy(m: Module) -> Module:
-    copy = from_config(m.to_config())
+    with random.preserved():
+        copy = from_config(m.to_config())
     copy.load_state_dict(m.state_dict())
     return copy
 
@@ -177,18 +201,20 @@ def leaves(model: Module) -> list[tuple[str, Module]]:
 def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str = "model") -> PackedModel:
     """Pack ``model`` for inference: binary layers to 1 bit per weight, batch norms folded, thresholds.
 
-    ``input_shape``: one sample's shape (e.g. (1, 28, 28)), checked by ``predict`` when given.
-    A model without a binary layer is converted to a float copy with a warning.
+    ``input_shape``: one sample's shape (e.g. (1, 28, 28)); when given, ``predict`` checks it and
+    the conversion is verified on a random batch of that shape (packed == float simulation, else
+    ValueError). A model without a binary layer is converted to a float copy with a warning.
     """
     if not isinstance(model, Module):
         raise TypeError(f"convert expects a minibnn Module, got {type(model).__name__}")
     plan = fold_plan(model)
-    folded = {f.bn for f in plan.values() if f.bn is not None}
-    root = from_config(model.to_config())
+    folded = {f.bn for f in plan.values() if f.bn is not None} | {p for f in plan.values() for p in f.skipped}
+    with random.preserved():
+        root = from_config(model.to_config())
     for path, leaf in leaves(model):
         if path in plan:
             op = _binary_op(leaf, submodule(model, plan[path].bn) if plan[path].bn else None,
-                            plan[path].emits_bits)
+                            plan[path].emits_bits, path)
         elif path in folded:
             op = Folded()
         elif isinstance(leaf, _QLayer):
@@ -199,5 +225,30 @@ def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str
     if not plan:
         warnings.warn(f"{name}: the model has no binary layer (act_bit = weight_bit = 1); the packed model "
                       "is an unchanged float copy", UserWarning, stacklevel=2)
-    return PackedModel(root, model.to_config(), input_shape, name)
+    packed = PackedModel(root, model.to_config(), input_shape, name)
+    if input_shape is not None:
+        verify(model, packed, input_shape)
+    return packed
+
+
+def verify(model: Module, packed: PackedModel, input_shape: tuple[int, ...], batch: int = 2) -> None:
+    """Raise ValueError unless ``packed`` computes ``model.eval()``'s logits on a random batch."""
+    from minibnn.autograd import Tensor, no_grad
+
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+    modes = {id(m): m.training for m in model.modules()}
+    try:
+        model.eval()
+        with no_grad():
+            expected = to_numpy(model(Tensor(x)).data)
+        got = packed.predict(x)
+    except ValueError as exc:
+        raise ValueError(f"input_shape {tuple(input_shape)} does not fit the model: {exc}") from None
+    finally:
+        for m in model.modules():
+            object.__setattr__(m, "training", modes[id(m)])
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5, equal_nan=True):
+        raise ValueError("the packed model does not compute what the float model does on a random batch "
+                         "(does a module's forward use a layer's output in a way the converter cannot see? "
+                         "declare only exact (layer, batch norm) pairs in fold_pairs)")
 

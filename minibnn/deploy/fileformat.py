@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from minibnn.backend import numpy_ref as ref
+from minibnn import random
+from minibnn.deploy.convert import Fold, fold_plan
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
-from minibnn.deploy.ops import OPS, BinaryConv2d, BinaryDense, FloatLayer, PackedOp, QuantizedLayer
+from minibnn.deploy.ops import OPS, BinaryConv2d, BinaryDense, FloatLayer, Folded, PackedOp, QuantizedLayer
 from minibnn.io import ModelFileError, read_pair, split_path, write_pair
 from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import QConv2d, _QLayer
@@ -34,7 +36,7 @@ def save(packed: PackedModel, path: str | os.PathLike) -> Path:
               "input_shape": list(packed.input_shape) if packed.input_shape is not None else None,
               "layers": layers, "array_bytes": packed.nbytes}
     json_path = write_pair(path, header, arrays)
-    packed.files = _file_sizes(json_path, header.get("npz"))
+    packed.files = _file_sizes(json_path, None)
     return json_path
 
 
@@ -44,7 +46,12 @@ def _file_sizes(json_path: Path, npz_name: str | None) -> dict[str, int]:
 
 
 def load(path: str | os.PathLike) -> PackedModel:
-    """Read a packed model written by ``save`` / ``minibnn convert``; every array is checked."""
+    """Read a packed model written by ``save`` / ``minibnn convert``; every array and layer is checked."""
+    with random.preserved():  # building modules draws initial weights that are then replaced
+        return _load(path)
+
+
+def _load(path: str | os.PathLike) -> PackedModel:
     json_path = split_path(path)[0]
     header, arrays = read_pair(path, FORMAT, VERSION)
     try:
@@ -52,62 +59,106 @@ def load(path: str | os.PathLike) -> PackedModel:
         layers = header["layers"]
         if not isinstance(layers, dict):
             raise ValueError("'layers' must be an object")
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelFileError(f"{json_path}: bad architecture ({exc})") from None
+        plan = fold_plan(root)
+        input_shape = _input_shape(header.get("input_shape"))
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
+        raise ModelFileError(f"{json_path}: bad architecture ({type(exc).__name__}: {exc})") from None
     expected = [p for p, m in root.named_modules() if not m._modules]
     missing, unknown = set(expected) - set(layers), set(layers) - set(expected)
     if missing or unknown:
         raise ModelFileError(f"{json_path}: layers do not match the architecture (missing {sorted(missing)}, "
                              f"unknown {sorted(unknown)})")
-    used: set[str] = set()
+    folded = {f.bn for f in plan.values() if f.bn} | {p for f in plan.values() for p in f.skipped}
+    grouped: dict[str, dict[str, np.ndarray]] = {p: {} for p in expected}
+    for key, a in arrays.items():
+        layer_path, _, name = key.partition(":")
+        if layer_path not in grouped:
+            raise ModelFileError(f"{json_path}: array {key} belongs to no layer")
+        grouped[layer_path][name] = np.ascontiguousarray(a)
     for layer_path in expected:
-        own = {k.partition(":")[2]: v for k, v in arrays.items() if k.partition(":")[0] == layer_path}
-        used.update(f"{layer_path}:{k}" for k in own)
-        op = _build(json_path, layer_path, layers[layer_path], own)
-        problem = _mismatch(op, submodule(root, layer_path))
+        where = f"{json_path}: layer {layer_path or '(root)'}"
+        op = _build(where, layers[layer_path], grouped[layer_path])
+        problem = _mismatch(op, submodule(root, layer_path), plan.get(layer_path), layer_path in folded)
         if problem:
-            raise ModelFileError(f"{json_path}: layer {layer_path or '(root)'} ({op.kind}) does not fit the "
-                                 f"architecture: {problem}")
+            raise ModelFileError(f"{where} ({op.kind}) does not fit the architecture: {problem}")
         root = replace_leaf(root, layer_path, op)
-    if set(arrays) - used:
-        raise ModelFileError(f"{json_path}: arrays of no layer: {sorted(set(arrays) - used)}")
-    shape = header.get("input_shape")
-    packed = PackedModel(root, header["architecture"], shape, str(header.get("name", json_path.stem)))
+    packed = PackedModel(root, header["architecture"], input_shape, str(header.get("name", json_path.stem)))
     packed.files = _file_sizes(json_path, header.get("npz"))
     return packed
 
 
-def _build(json_path: Path, layer_path: str, spec, arrays: dict[str, np.ndarray]) -> PackedOp:
-    where = f"{json_path}: layer {layer_path or '(root)'}"
-    if not isinstance(spec, dict) or spec.get("op") not in OPS:
-        kind = spec.get("op") if isinstance(spec, dict) else spec
-        raise ModelFileError(f"{where}: unknown layer kind {kind!r}; known kinds: {sorted(OPS)}")
-    cls = OPS[spec["op"]]
+def _input_shape(value) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        raise ValueError(f"input_shape must be a list of positive integers or null, got {value!r}")
+    return tuple(value)
+
+
+def _build(where: str, spec, arrays: dict[str, np.ndarray]) -> PackedOp:
+    if not isinstance(spec, dict) or not isinstance(spec.get("op"), str):
+        raise ModelFileError(f"{where}: a layer entry must be an object with a string 'op', got {str(spec)[:80]}")
+    if spec["op"] not in OPS:
+        raise ModelFileError(f"{where}: unknown layer kind {spec['op']!r}; known kinds: {sorted(OPS)}")
+    cls, config = OPS[spec["op"]], spec.get("config", {})
     try:
-        op = cls.build(spec.get("config", {}), arrays)
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be an object, got {type(config).__name__}")
+        op = cls.build(config, arrays)
         CHECKS.get(cls, lambda op: None)(op)
-    except (KeyError, ValueError, TypeError) as exc:
+        if set(op.arrays()) != set(arrays):
+            raise ValueError(f"arrays {sorted(arrays)} differ from what this layer holds: {sorted(op.arrays())}")
+    except KeyError as exc:
+        raise ModelFileError(f"{where} ({spec['op']}): missing setting or array {exc}") from None
+    except (ValueError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
         raise ModelFileError(f"{where} ({spec['op']}): {exc}") from None
     return op
 
 
-def _mismatch(op: PackedOp, leaf: Module) -> str:
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _mismatch(op: PackedOp, leaf: Module, fold: Fold | None, folded: bool) -> str:
     """What differs between a loaded op and the architecture's leaf at its place ('' if nothing)."""
+    if folded:
+        return "" if isinstance(op, Folded) else f"the converter folds this {type(leaf).__name__} away"
+    if isinstance(op, Folded):
+        return f"only a folded batch norm or sign is empty, this is a {type(leaf).__name__}"
     if isinstance(op, FloatLayer):
+        if isinstance(leaf, _QLayer):
+            return f"a float layer where the architecture has {type(leaf).__name__}"
         same = op.module.to_config() == leaf.to_config()
         return "" if same else f"{op.module.to_config()['type']} where the architecture has {type(leaf).__name__}"
-    if isinstance(op, (BinaryDense, BinaryConv2d, QuantizedLayer)):
-        if not isinstance(leaf, _QLayer):
-            return f"a quantized layer where the architecture has {type(leaf).__name__}"
-        if (isinstance(op, BinaryConv2d) or getattr(op, "layer", "") == "conv") != isinstance(leaf, QConv2d):
-            return f"{'conv' if isinstance(leaf, QConv2d) else 'dense'} layer expected"
-        weight = op.weight_bits if hasattr(op, "weight_bits") else op.weight
-        k = op.in_channels if hasattr(op, "in_channels") else weight.shape[1]
-        want, got = tuple(leaf.weight.shape), (weight.shape[0], k, *weight.shape[1:3][: leaf.weight.ndim - 2])
-        if isinstance(op, QuantizedLayer):
-            got = tuple(weight.shape)
-        if got != want:
-            return f"weights {got}, the architecture says {want}"
+    if not isinstance(leaf, _QLayer):
+        return f"a quantized layer where the architecture has {type(leaf).__name__}"
+    conv = isinstance(leaf, QConv2d)
+    if isinstance(op, (BinaryDense, BinaryConv2d)):
+        if fold is None:
+            return f"a binary layer where the architecture's {type(leaf).__name__} is not binary"
+        if isinstance(op, BinaryConv2d) != conv:
+            return f"{'conv' if conv else 'dense'} layer expected"
+        if op.emits_bits and not fold.emits_bits:
+            return "it emits packed bits but the next layer does not binarize them"
+        got = (op.out_channels, op.in_channels, *op.weight_bits.shape[1:3]) if conv else \
+            (op.out_channels, op.in_channels)
+    else:  # QuantizedLayer
+        if fold is not None:
+            return "a quantized float layer where the architecture's layer is binary"
+        if (op.layer == "conv") != conv:
+            return f"{'conv' if conv else 'dense'} layer expected"
+        if op.act_bit != leaf.act_bit:
+            return f"act_bit {op.act_bit}, the architecture says {leaf.act_bit}"
+        if (op.alpha is not None) != (leaf.scaling == "channel") or (op.bias is not None) != (leaf.bias is not None):
+            return "its alpha / bias do not match the architecture's scaling / bias"
+        got = tuple(op.weight.shape)
+    if got != tuple(leaf.weight.shape):
+        return f"weights {got}, the architecture says {tuple(leaf.weight.shape)}"
+    if conv and (tuple(op.stride), tuple(op.padding), op.pad_value) != (_pair(leaf.stride), tuple(leaf.padding),
+                                                                        leaf.pad_value):
+        return (f"stride {op.stride}, padding {op.padding}, pad_value {op.pad_value}; the architecture says "
+                f"{_pair(leaf.stride)}, {tuple(leaf.padding)}, {leaf.pad_value}")
     return ""
 
 

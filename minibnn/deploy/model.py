@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from minibnn import backend
+from minibnn.autograd import Tensor
 from minibnn.deploy.ops import Bits, PackedOp
 from minibnn.nn.module import Module
 
@@ -70,9 +71,10 @@ class PackedModel:
 
     def _forward(self, x):
         y = self.root(x)
-        if isinstance(y, Bits):  # a model that ends in a binary layer emitting bits
+        if isinstance(y, Bits):  # a model that ends in a binary layer emitting bits (channels last)
             y = backend.kernels().unpack_bits(y.words, y.channels)
-        return backend.xp().ascontiguousarray(y)
+            y = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        return backend.xp().ascontiguousarray(y.data if isinstance(y, Tensor) else y)
 
     def _check_input(self, x):
         xp = backend.xp()
@@ -92,11 +94,6 @@ class PackedModel:
         from minibnn.deploy.fileformat import save
 
         return save(self, path)
-
-    def summary(self) -> str:
-        """One line per packed layer: path, kind, bytes."""
-        lines = [f"{path or '(root)'}: {op.kind}, {op.nbytes} bytes" for path, op in self.layers()]
-        return "\n".join(lines + [f"total: {self.nbytes} bytes"])
 
     def __repr__(self) -> str:
         binary = sum(op.kind.startswith("binary") for _, op in self.layers())

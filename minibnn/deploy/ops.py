@@ -23,6 +23,7 @@ import numpy as np
 
 from minibnn import backend
 from minibnn import functional as F
+from minibnn.backend import numpy_ref as ref
 from minibnn.autograd import Tensor, no_grad
 from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import _quantize_input
@@ -60,10 +61,25 @@ class PackedOp(Module):
 
 
 def _floats(x, op: PackedOp):
-    """The array a float op gets: Bits cannot reach one (the converter only sends them to binary ops)."""
+    """The raw array a float op gets (a container's own functional calls may hand it a Tensor)."""
     if isinstance(x, Bits):
         raise op.fail("received packed bits; only a binary layer can take them")
-    return x
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _config_int(config: dict, name: str, lo: int, hi: int = ref.INT32_MAX) -> int:
+    return ref.check_int(name, config[name], lo, hi)
+
+
+def _config_pair(config: dict, name: str, lo: int) -> tuple[int, int]:
+    return ref.check_pair(name, config[name], lo)
+
+
+def _config_pad_value(config: dict) -> int:
+    v = config["pad_value"]
+    if isinstance(v, bool) or not isinstance(v, int) or v not in (0, 1, -1):
+        raise ValueError(f"pad_value must be 0, 1 or -1, got {v!r}")
+    return v
 
 
 class FloatLayer(PackedOp):
@@ -152,8 +168,11 @@ class QuantizedLayer(PackedOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "QuantizedLayer":
-        return cls(config["layer"], config["act_bit"], arrays["weight"], arrays.get("alpha"), arrays.get("bias"),
-                   config["stride"], config["padding"], config["pad_value"])
+        if config["layer"] not in ("dense", "conv"):
+            raise ValueError(f"layer must be 'dense' or 'conv', got {config['layer']!r}")
+        return cls(config["layer"], _config_int(config, "act_bit", 1, 32), arrays["weight"], arrays.get("alpha"),
+                   arrays.get("bias"), _config_pair(config, "stride", 1), _config_pair(config, "padding", 0),
+                   _config_pad_value(config))
 
 
 class Epilogue(NamedTuple):
@@ -192,6 +211,14 @@ class _BinaryOp(PackedOp):
     def arrays(self) -> dict[str, np.ndarray]:
         return {"weight_bits": self.weight_bits, **self.epilogue.arrays()}
 
+    def forward(self, x):
+        try:
+            return self._run(x.data if isinstance(x, Tensor) else x)
+        except ValueError as exc:  # a kernel's argument check: name the layer
+            if str(exc).startswith("layer "):
+                raise
+            raise self.fail(str(exc)) from None
+
     def _bits_in(self, x: Bits, ndim: int) -> Any:
         if x.channels != self.in_channels or x.words.ndim != ndim:
             raise self.fail(f"expects {self.in_channels} packed channels, got {x.channels} in {x.words.shape}")
@@ -216,7 +243,7 @@ class BinaryDense(_BinaryOp):
 
     kind = "binary_dense"
 
-    def forward(self, x):
+    def _run(self, x):
         kernels = backend.kernels()
         if isinstance(x, Bits):
             a = self._bits_in(x, 2)
@@ -238,7 +265,7 @@ class BinaryDense(_BinaryOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryDense":
-        return cls(arrays["weight_bits"], config["in_features"], _epilogue_from(arrays))
+        return cls(arrays["weight_bits"], _config_int(config, "in_features", 1), _epilogue_from(arrays))
 
 
 class BinaryConv2d(_BinaryOp):
@@ -261,7 +288,7 @@ class BinaryConv2d(_BinaryOp):
                                                                  self.stride, self.padding)
         return self._corrections[key]
 
-    def forward(self, x):
+    def _run(self, x):
         kernels = backend.kernels()
         if isinstance(x, Bits):
             words = self._bits_in(x, 4)
@@ -290,8 +317,8 @@ class BinaryConv2d(_BinaryOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryConv2d":
-        return cls(arrays["weight_bits"], config["in_channels"], _epilogue_from(arrays), config["stride"],
-                   config["padding"], config["pad_value"])
+        return cls(arrays["weight_bits"], _config_int(config, "in_channels", 1), _epilogue_from(arrays),
+                   _config_pair(config, "stride", 1), _config_pair(config, "padding", 0), _config_pad_value(config))
 
 
 def _epilogue_from(arrays: dict[str, np.ndarray]) -> Epilogue:
