@@ -321,7 +321,8 @@ int main(int argc, char **argv) {
         test_pack_channels(1 + (int64_t)(rng() % 3), pick(chans, 8), 1 + (int64_t)(rng() % 150));
     for (size_t i = 0; i < nk; ++i) test_gemm(pick(mns, nmn), pick(mns, nmn), ks[i]);
     for (int i = 0; i < cases; ++i) test_gemm(pick(mns, nmn), pick(mns, nmn), pick(ks, nk));
-    test_gemm(130, 70, 257); /* several row blocks and panels: the threaded split */
+    test_gemm(130, 70, 257); /* several row blocks and panels */
+    test_gemm(600, 300, 1500); /* >= 2^22 word pairs: split over the threads */
     for (int i = 0; i < 2 * cases; ++i) {
         const int pad_value = (int)(rng() % 3) - 1;
         test_conv(1 + (int64_t)(rng() % 2), pick(chans, 8), pick(sides, 7), pick(sides, 7), pick(outs, 5),
@@ -329,6 +330,7 @@ int main(int argc, char **argv) {
                   (int64_t)(rng() % 3), (int64_t)(rng() % 3), pad_value);
     }
     test_conv(2, 64, 12, 12, 20, 3, 3, 1, 1, 1, 1, 0); /* more than one row block */
+    test_conv(4, 64, 48, 48, 64, 3, 3, 1, 1, 1, 1, 0); /* split over the threads */
     mbk_set_simd(MBK_SIMD_AUTO);
     if (failures) {
         printf("%d failed\n", failures);

@@ -273,18 +273,19 @@ def test_plus_one_padding_leaves_the_tail_bits_zero(name):
 
 def _workload(kb):
     rng = np.random.default_rng(7)
-    a, b = signed_floats(rng, (130, 1000)), signed_floats(rng, (70, 1000))
-    x, wt = signed_floats(rng, (2, 100, 12, 11)), signed_floats(rng, (20, 100, 3, 3))
+    # large enough (>= 2^22 word pairs) for the native kernels to split the work over the threads
+    a, b = signed_floats(rng, (600, 1500)), signed_floats(rng, (300, 1500))
+    x, wt = signed_floats(rng, (4, 100, 48, 47)), signed_floats(rng, (40, 100, 3, 3))
     aw, bw = kb.pack_bits(a), kb.pack_bits(b)
-    gemm = kb.xnor_gemm(aw, bw, 1000, np.empty((130, 70), np.int32))
+    gemm = kb.xnor_gemm(aw, bw, 1500, np.empty((600, 300), np.int32))
     xw, ww = kb.pack_channels(x), pack_weights(kb, wt)
     convs = [kb.binary_conv2d(xw, ww, 100, s, 1, pv,
-                              np.empty((2, *ref.conv_output_hw((12, 11), (3, 3), (s, s), (1, 1)), 20), np.int32))
+                              np.empty((4, *ref.conv_output_hw((48, 47), (3, 3), (s, s), (1, 1)), 40), np.int32))
              for s, pv in ((1, 0), (2, 1), (1, -1))]
-    thr, flip = thresholds_near(rng, gemm, 70)
-    bits = kb.xnor_gemm_threshold(aw, bw, 1000, thr, flip, np.empty((130, 2), np.uint64))
-    thr, flip = thresholds_near(rng, convs[0], 20)
-    conv_bits = kb.binary_conv2d_threshold(xw, ww, 100, 1, 1, 0, thr, flip, np.empty((2, 12, 11, 1), np.uint64))
+    thr, flip = thresholds_near(rng, gemm, 300)
+    bits = kb.xnor_gemm_threshold(aw, bw, 1500, thr, flip, np.empty((600, 5), np.uint64))
+    thr, flip = thresholds_near(rng, convs[0], 40)
+    conv_bits = kb.binary_conv2d_threshold(xw, ww, 100, 1, 1, 0, thr, flip, np.empty((4, 48, 47, 1), np.uint64))
     return [aw, bw, xw, ww, gemm, *convs, bits, conv_bits]
 
 
