@@ -23,12 +23,11 @@ signs before it is timed. Runs are interleaved, each after an untimed call of th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from machine import print_report, run_children, timed  # benchmarks/machine.py
+from machine import bench_main, bench_parser, timed  # benchmarks/machine.py
 
 # (input size, C_in, C_out, stride): the distinct binary 3x3 convolutions of ResNet-18
 LAYERS = {
@@ -40,15 +39,9 @@ LAYERS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p = bench_parser(__doc__, 5, "smoke run: batch 1, 2 repeats")
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--sizes", default="32,56", help="ResNet-18 input sizes: 32 (CIFAR) and/or 56 (ImageNet)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per number, median reported (default 5)")
-    p.add_argument("--quick", action="store_true", help="smoke run: batch 1, 2 repeats")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batches = 2, "1"
@@ -158,16 +151,7 @@ def report(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args)))
-        return 0
-    child_args = ["--repeats", str(args.repeats), "--batches", args.batches, "--sizes", args.sizes]
-    child_args += ["--no-torch"] if args.no_torch else []
-    results = run_children(__file__, [int(t) for t in args.threads.split(",")], child_args)
-    if isinstance(results, int):
-        return results
-    print_report("conv.py", argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results], args.json, results)
-    return 0
+    return bench_main(__file__, argv, args, measure, report, ["--batches", args.batches, "--sizes", args.sizes])
 
 
 if __name__ == "__main__":

@@ -24,27 +24,20 @@ untimed call of the same method (machine.timed); the median is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import warnings
 from pathlib import Path
 
-from machine import print_report, run_children, timed  # benchmarks/machine.py
+from machine import bench_main, bench_parser, timed  # benchmarks/machine.py
 
 SHAPES = {"lenet": (1, 28, 28), "resnet18": (3, 32, 32)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_parser(__doc__, 5, "smoke run: batch 1, 2 repeats")
     p.add_argument("--models", default="lenet,resnet18", help="comma-separated: lenet, resnet18")
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--batches", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per number, median reported (default 5)")
-    p.add_argument("--quick", action="store_true", help="smoke run: batch 1, 2 repeats")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batches = 2, "1"
@@ -208,17 +201,7 @@ def report(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args)))
-        return 0
-    child_args = ["--repeats", str(args.repeats), "--batches", args.batches, "--models", args.models]
-    child_args += ["--no-torch"] if args.no_torch else []
-    results = run_children(__file__, [int(t) for t in args.threads.split(",")], child_args)
-    if isinstance(results, int):
-        return results
-    print_report("deploy.py", argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results], args.json,
-                 results)
-    return 0
+    return bench_main(__file__, argv, args, measure, report, ["--batches", args.batches, "--models", args.models])
 
 
 if __name__ == "__main__":

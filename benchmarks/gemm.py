@@ -21,12 +21,11 @@ adds the packing of B (the activations side: a layer's weights are packed once, 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from machine import blas_name, print_report, run_children, timed  # benchmarks/machine.py
+from machine import bench_main, bench_parser, blas_name, timed  # benchmarks/machine.py
 
 SHAPES = [(64, 3136, 576), (128, 784, 1152), (256, 196, 2304), (512, 49, 4608),
           (1024, 1024, 1024), (10, 256, 4096), (64, 1000, 4096)]
@@ -35,12 +34,7 @@ REF_QUICK_LIMIT = 3_000_000  # --quick: numpy_ref only where M * N * words is be
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per number, median reported (default 7)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, numpy_ref on small shapes only")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one thread count, JSON out
+    p = bench_parser(__doc__, 7, "smoke run: 2 repeats, numpy_ref on small shapes only", torch=False)
     args = p.parse_args(argv)
     if args.quick:
         args.repeats = 2
@@ -140,16 +134,8 @@ def report(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.child:
-        threads = int(args.threads)
-        print(json.dumps(measure(threads, args.repeats, args.quick)))
-        return 0
-    child_args = ["--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-    results = run_children(__file__, [int(t) for t in args.threads.split(",")], child_args)
-    if isinstance(results, int):
-        return results
-    print_report("gemm.py", argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results], args.json, results)
-    return 0
+    return bench_main(__file__, argv, args, lambda a: measure(int(a.threads), a.repeats, a.quick), report,
+                      ["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":

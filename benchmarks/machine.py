@@ -1,6 +1,7 @@
 """What the benchmarks print about the machine they ran on (shared by the scripts here)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -75,3 +76,31 @@ def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def bench_parser(doc: str, repeats: int, quick_help: str, torch: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark script takes (threads, repeats, quick, json, and --no-torch)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per number, median reported (default {repeats})")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    if torch:
+        p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one thread count, JSON out
+    return p
+
+
+def bench_main(script: str, argv, args, measure, report, child_args: list[str]) -> int:
+    """In a child: measure and print JSON. Else: one child per thread count, then the report."""
+    if args.child:
+        print(json.dumps(measure(args)))
+        return 0
+    child_args = ["--repeats", str(args.repeats), *child_args]
+    child_args += ["--no-torch"] if getattr(args, "no_torch", False) else []
+    results = run_children(script, [int(t) for t in args.threads.split(",")], child_args)
+    if isinstance(results, int):
+        return results
+    print_report(Path(script).name, argv, args.repeats, args.quick, ["\n".join(report(r)) for r in results],
+                 args.json, results)
+    return 0

@@ -113,7 +113,7 @@ def _output_shapes(model: Module, input_shape: tuple) -> dict[str, tuple]:
     for path, m in leaves:
         object.__setattr__(m, "forward", recording(path, m.forward))
     try:
-        model.eval()
+        model.eval()  # safe: mode switch, not Python's eval
         with no_grad():
             model(Tensor(np.zeros((1, *input_shape), np.float32)))
     finally:

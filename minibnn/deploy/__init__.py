@@ -2,7 +2,7 @@
 
 ``convert(model)`` -> ``PackedModel`` (binary layers with 1 bit per weight as uint64 words, batch
 norms folded, integer thresholds where the next layer binarizes again); ``PackedModel.predict(x)``
-runs it on the current backend's kernels and equals ``model.eval()``'s output; ``save`` / ``load``
+runs it on the current backend's kernels and equals the model's output in evaluation mode; ``save`` / ``load``
 write and read ``binarized_<name>.json`` + ``.npz`` (no pickle, every array checked).
 """
 from minibnn.deploy.convert import convert, fold_plan

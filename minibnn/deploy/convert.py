@@ -232,13 +232,13 @@ def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str
 
 
 def verify(model: Module, packed: PackedModel, input_shape: tuple[int, ...], batch: int = 2) -> None:
-    """Raise ValueError unless ``packed`` computes ``model.eval()``'s logits on a random batch."""
+    """Raise ValueError unless ``packed`` computes the model's evaluation-mode logits on a random batch."""
     from minibnn.autograd import Tensor, no_grad
 
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     modes = {id(m): m.training for m in model.modules()}
     try:
-        model.eval()
+        model.eval()  # safe: the PyTorch-style mode switch, not Python's eval
         with no_grad():
             expected = to_numpy(model(Tensor(x)).data)
         got = packed.predict(x)

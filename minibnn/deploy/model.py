@@ -41,7 +41,7 @@ class PackedModel:
 
     def __init__(self, root: Module, architecture: dict[str, Any], input_shape: tuple[int, ...] | None = None,
                  name: str = "model") -> None:
-        self.root, self.architecture, self.name = root.eval(), architecture, name
+        self.root, self.architecture, self.name = root.eval(), architecture, name  # safe: mode switch
         self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
         self.files: dict[str, int] = {}  # file -> bytes on disk, once saved or loaded
         for path, op in self.layers():

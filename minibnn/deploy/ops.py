@@ -1,7 +1,7 @@
 """The layers of a packed model: inference only, on raw arrays, on the current backend's kernels.
 
 Each op replaces one leaf module of the float model and computes exactly what that leaf (and
-the batch norm folded into it) computes in ``model.eval()``:
+the batch norm folded into it) computes in evaluation mode:
 
 - ``BinaryDense`` / ``BinaryConv2d``: a binary Q-layer (act_bit = weight_bit = 1) with its
   weights as uint64 words, 1 bit per weight. Its epilogue is at most two per-channel affine
@@ -89,7 +89,7 @@ class FloatLayer(PackedOp):
 
     def __init__(self, module: Module) -> None:
         super().__init__()
-        self.module = module.eval()
+        self.module = module.eval()  # safe: mode switch, not Python's eval
 
     def forward(self, x):
         x = _floats(x, self)
