@@ -693,12 +693,19 @@ static int gemm_args_ok(const uint64_t *a, const uint64_t *b, int64_t m, int64_t
     return 1;
 }
 
+/* a GEMM job with no output chosen yet (the callers set one) */
+static job_t gemm_job(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words, int64_t k) {
+    job_t jb;
+    memset(&jb, 0, sizeof jb);
+    jb.m = m, jb.n = n, jb.words = words, jb.k = k, jb.a = a, jb.b = b;
+    return jb;
+}
+
 int mbk_xnor_gemm(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n, int64_t words,
                   int64_t k, int32_t *out) {
     if (!gemm_args_ok(a, b, m, n, words, k) || (m > 0 && n > 0 && out == NULL)) return MBK_EINVAL;
-    job_t jb;
-    memset(&jb, 0, sizeof jb);
-    jb.m = m, jb.n = n, jb.words = words, jb.k = k, jb.a = a, jb.b = b, jb.out = out;
+    job_t jb = gemm_job(a, b, m, n, words, k);
+    jb.out = out;
     return run_job(&jb);
 }
 
@@ -706,9 +713,7 @@ int mbk_xnor_gemm_affine(const uint64_t *a, const uint64_t *b, int64_t m, int64_
                          int64_t k, const float *scale, const float *bias, float *out) {
     if (!gemm_args_ok(a, b, m, n, words, k)) return MBK_EINVAL;
     if (m > 0 && n > 0 && (out == NULL || scale == NULL || bias == NULL)) return MBK_EINVAL;
-    job_t jb;
-    memset(&jb, 0, sizeof jb);
-    jb.m = m, jb.n = n, jb.words = words, jb.k = k, jb.a = a, jb.b = b;
+    job_t jb = gemm_job(a, b, m, n, words, k);
     jb.scale = scale, jb.bias = bias, jb.out_f = out;
     return run_job(&jb);
 }
@@ -717,9 +722,7 @@ int mbk_xnor_gemm_threshold(const uint64_t *a, const uint64_t *b, int64_t m, int
                             int64_t k, const int32_t *thr, const uint8_t *flip, uint64_t *out) {
     if (!gemm_args_ok(a, b, m, n, words, k)) return MBK_EINVAL;
     if (m > 0 && n > 0 && (out == NULL || thr == NULL || flip == NULL)) return MBK_EINVAL;
-    job_t jb;
-    memset(&jb, 0, sizeof jb);
-    jb.m = m, jb.n = n, jb.words = words, jb.k = k, jb.a = a, jb.b = b;
+    job_t jb = gemm_job(a, b, m, n, words, k);
     jb.thr = thr, jb.flip = flip, jb.out_bits = (uint8_t *)out, jb.out_words = (n + 63) / 64;
     return run_job(&jb);
 }
