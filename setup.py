@@ -1,11 +1,21 @@
-"""Build script: the package, its data (shipped MNIST) and the cffi native kernels (minibnn._native).
+"""Build script: the package, its data (shipped MNIST), the CUDA kernel sources and the cffi native
+kernels (minibnn._native).
 
 The native module is optional: when the C build fails (no compiler, a compiler error) the package
 still installs, with a warning, and runs on the numpy backend; minibnn.use("native") then says
 how to fix it.
+
+The cuda backend's kernels (native/cuda/*.cu) are not compiled here: they are copied into the
+package as minibnn/backend/cuda_src/ and compiled at run time by CuPy (NVRTC). In a source checkout
+or an editable install minibnn.backend.cuda reads them from native/cuda/ directly.
 """
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 from setuptools.errors import BaseError, CCompilerError, CompileError, LinkError
 
 BUILD_ERRORS = (BaseError, CCompilerError, CompileError, LinkError, OSError)
@@ -41,6 +51,34 @@ class OptionalBuildExt(build_ext):
         self.extensions = [ext for ext in self.extensions if ext.name not in getattr(self, "_failed", ())]
 
 
+CUDA_SOURCES = "native/cuda"
+CUDA_PACKAGE_DIR = os.path.join("minibnn", "backend", "cuda_src")
+
+
+class BuildPyWithCudaSources(build_py):
+    """build_py that also copies native/cuda/*.cu into the package (minibnn/backend/cuda_src/)."""
+
+    def _cuda_files(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        return sorted(glob.glob(os.path.join(here, CUDA_SOURCES, "*.cu")))
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, CUDA_PACKAGE_DIR)
+        files = self._cuda_files()
+        if not files:
+            print(f"WARNING: no CUDA sources in {CUDA_SOURCES}/: the cuda backend will not find its kernels")
+            return
+        os.makedirs(target, exist_ok=True)
+        for src in files:
+            shutil.copyfile(src, os.path.join(target, os.path.basename(src)))
+
+    def get_outputs(self, include_bytecode=True):
+        target = os.path.join(self.build_lib, CUDA_PACKAGE_DIR)
+        return super().get_outputs(include_bytecode) + [os.path.join(target, os.path.basename(f))
+                                                        for f in self._cuda_files()]
+
+
 setup(
     name="minibnn",
     version="0.1.0",
@@ -53,10 +91,11 @@ setup(
     install_requires=["numpy>=2.0", "tqdm>=4.60", "cffi>=1.15"],  # cffi: runtime of the native module
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80"],
-        "gpu": ["cupy>=13"],
+        "gpu": ["cupy-cuda13x>=13"],         # CUDA 13 drivers
+        "gpu-cuda12": ["cupy-cuda12x>=13"],  # CUDA 12 drivers
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["minibnn = minibnn.cli:main"]},
     cffi_modules=["native/build_native.py:ffibuilder"],
-    cmdclass={"build_ext": OptionalBuildExt},
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithCudaSources},
 )

@@ -35,10 +35,17 @@ def is_grad_enabled() -> bool:
 
 
 def as_array(data: Any, dtype=None):
-    """Convert ``data`` to an array of the current backend (float32 for floats unless ``dtype``)."""
+    """Convert ``data`` to an array of the current backend (float32 for floats unless ``dtype``).
+
+    An array of the other device is moved: NumPy input is copied to the GPU on the ``cuda``
+    backend (this is how a batch reaches the device, once), CuPy input to host memory on the
+    CPU backends.
+    """
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.xp()
+    if backend.is_device_array(data):
+        data = backend.move_to(xp, data)
     if dtype is None:
         kind = getattr(getattr(data, "dtype", None), "kind", None)
         if kind in ("b", "i", "u"):
@@ -243,6 +250,7 @@ class Function:
         ref = next((x for x in inputs if isinstance(x, Tensor)), None)
         tensors = tuple(_as_input(x, ref) for x in inputs)
         fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
+        _check_same_device(cls.__name__, tensors)
         out = fn.forward(*(t.data for t in tensors))
         requires_grad = _grad_enabled and any(fn.needs_input_grad)
         result = Tensor._wrap(out, requires_grad)
@@ -250,6 +258,16 @@ class Function:
             fn.inputs = tensors
             result._ctx = fn
         return result
+
+
+def _check_same_device(op: str, tensors: tuple[Tensor, ...]) -> None:
+    """ValueError naming the op when its inputs live on different devices (NumPy and CuPy arrays)."""
+    if len(tensors) > 1:
+        places = {backend.is_device_array(t.data) for t in tensors}
+        if len(places) > 1:
+            shapes = ", ".join(f"{type(t.data).__module__.split('.')[0]} {tuple(t.data.shape)}" for t in tensors)
+            raise ValueError(f"{op}: inputs on different devices ({shapes}); move them to one backend first "
+                             "(model.to(minibnn.backend.current()), or create the tensors after minibnn.use(...))")
 
 
 def _as_input(x: Any, ref: Tensor | None) -> Tensor:

@@ -119,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
     if isinstance(model, minibnn.deploy.PackedModel):
         start = time.perf_counter()
-        logits = model.predict(x_test, batch_size=args.batch_size)
+        logits = minibnn.backend.to_numpy(model.predict(x_test, batch_size=args.batch_size))
         seconds = time.perf_counter() - start
         result = {"accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test)), "images_per_s": len(y_test) / seconds}
         print(f"{args.model_path}: packed model, test accuracy {result['accuracy']:.4f}  "
@@ -197,6 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _time_one_step(model, x, y) -> float:
     """Seconds per training step, measured on a throwaway copy of the model's state."""
+    import minibnn
     from minibnn import Tensor
     from minibnn import functional as F
 
@@ -204,7 +205,9 @@ def _time_one_step(model, x, y) -> float:
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        F.cross_entropy(model(Tensor(x)), y).backward()
+        loss = F.cross_entropy(model(Tensor(x)), y)
+        loss.backward()
+        minibnn.backend.to_numpy(loss.data)  # on the GPU: wait for the step to finish
         times.append(time.perf_counter() - t)
     model.load_state_dict(state)  # undo the batch-norm statistics these steps touched
     model.zero_grad()
@@ -217,11 +220,24 @@ def _model_names():
     return models.MODELS
 
 
+class _Subparsers:
+    """add_subparsers() whose every command also takes the shared options of ``common``."""
+
+    def __init__(self, sub, common: argparse.ArgumentParser) -> None:
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``minibnn`` command."""
     parser = argparse.ArgumentParser(prog="minibnn", description="binary neural networks from scratch")
-    parser.add_argument("--backend", help="numpy, native or cuda (default: MINIBNN_BACKEND or the fastest built)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    backend_help = "numpy, native or cuda (default: MINIBNN_BACKEND, else native when built, else numpy)"
+    parser.add_argument("--backend", help=backend_help)
+    common = argparse.ArgumentParser(add_help=False)  # --backend after the command too (minibnn train --backend cuda)
+    common.add_argument("--backend", default=argparse.SUPPRESS, help=backend_help)
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True), common)
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--model", default="lenet", help="lenet, binary_mlp, vgg_small, resnet18")
@@ -276,14 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     import minibnn
     from minibnn.data import IDXError
     from minibnn.io import ModelFileError
-    from minibnn.train import TrainingDiverged
+    from minibnn.train import TrainingDiverged, TrainingOutOfMemory
 
     args = build_parser().parse_args(argv)
     try:
         if args.backend:
             minibnn.use(args.backend)
         return args.run(args)
-    except (CLIError, ModelFileError, IDXError, TrainingDiverged, OSError,
+    except (CLIError, ModelFileError, IDXError, TrainingDiverged, TrainingOutOfMemory, OSError,
             minibnn.backend.BackendUnavailable, ValueError) as exc:
         print(f"minibnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -203,11 +203,21 @@ class Bop(Optimizer):
     def _hyper(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "threshold": self.threshold, "flip_ratio": self.flip_ratio}
 
+    @property
+    def flip_ratio(self) -> float:
+        """Fraction of the weights flipped by the last step (counted on the device, read on demand)."""
+        flipped, total = self._flips
+        return float(flipped) / total if total else 0.0
+
+    @flip_ratio.setter
+    def flip_ratio(self, value: float) -> None:
+        self._flips = (float(value), 1)
+
     def step(self) -> None:
         """One Bop step over the parameters with a gradient; sets ``flip_ratio``."""
-        self._flipped = self._total = 0
+        self._flipped, self._total = 0, 0
         super().step()
-        self.flip_ratio = self._flipped / self._total if self._total else 0.0
+        self._flips = (self._flipped, self._total)  # the count stays a device scalar: no sync per step
 
     def _update(self, i: int, p: Parameter, g: Any) -> None:
         xp = backend.get_array_module(p.data)
@@ -217,8 +227,8 @@ class Bop(Optimizer):
         m *= 1 - self.gamma
         m += self.gamma * g
         flip = p.data * m > self.threshold
-        p.data[flip] *= -1
-        self._flipped += int(flip.sum())
+        p.data[...] = xp.where(flip, -p.data, p.data)  # not p.data[flip]: a boolean index syncs on the GPU
+        self._flipped = self._flipped + flip.sum()
         self._total += flip.size
 
 

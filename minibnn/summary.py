@@ -172,7 +172,7 @@ def summary(model, input_shape=None, print_fn=print) -> Summary:
         macs = _macs(m, shapes[path]) if path in shapes else 0  # a layer the forward pass never ran: no MACs
         binary = isinstance(m, _QLayer) and m.is_binary
         stored = sum(p.data.size for p in m._parameters.values() if p is not None)
-        stored += sum(np.asarray(getattr(m, b)).size for b in m._buffers)
+        stored += sum(getattr(m, b).size for b in m._buffers)
         rows.append(LayerRow(path, type(m).__name__, shapes.get(path, ()), *_bits_of(m),
                              sum(p.data.size for p in m._parameters.values() if p is not None),
                              macs if binary else 0, 0 if binary else macs, 4 * stored, packed_bytes.get(path, 0)))

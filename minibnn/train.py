@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 import numpy as np
@@ -21,6 +22,10 @@ CHECKPOINT = "checkpoint"  # checkpoint.json + checkpoint.npz inside the checkpo
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and the step."""
+
+
+class TrainingOutOfMemory(MemoryError):
+    """Memory ran out during a training step (GPU or host); the message names the batch size."""
 
 
 @dataclass
@@ -40,22 +45,34 @@ class History:
 
 
 def evaluate(model, loader, progress: bool = False) -> dict[str, float]:
-    """Loss, accuracy and throughput of ``model`` (in eval mode) over ``loader``."""
+    """Loss, accuracy and throughput of ``model`` (in eval mode) over ``loader``.
+
+    Loss and correct counts are summed where the model runs (on the GPU for ``cuda``) and read
+    back once at the end.
+    """
     was_training = model.training
     model.train(False)  # evaluation mode
-    total_loss, correct, count = 0.0, 0, 0
+    xp = backend.xp()
+    total_loss, correct, count = xp.zeros((), np.float64), xp.zeros((), np.int64), 0
     start = time.perf_counter()
     with no_grad():
         for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
             logits = model(Tensor(x))
-            total_loss += F.cross_entropy(logits, backend.xp().asarray(y)).item() * len(y)
-            correct += int((backend.to_numpy(logits.data).argmax(axis=1) == y).sum())
+            total_loss += F.cross_entropy(logits, y).data * len(y)
+            correct += _correct(logits, y)
             count += len(y)
     model.train(was_training)
+    total_loss, correct = (float(v) for v in backend.to_numpy(xp.stack([total_loss, correct.astype(np.float64)])))
     elapsed = time.perf_counter() - start
     if count == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"loss": total_loss / count, "accuracy": correct / count, "images_per_s": count / elapsed}
+
+
+def _correct(logits: Tensor, labels):
+    """Number of right predictions, as a 0-d array where the logits are (no host sync)."""
+    xp = backend.get_array_module(logits.data)
+    return (logits.data.argmax(axis=1) == xp.asarray(labels)).sum()
 
 
 def fit(model, train_loader, optimizer, epochs: int, val_loader=None, schedule=None,
@@ -95,25 +112,21 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     model.train()
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
-    xp = backend.xp()
     total_loss, correct, count, stopped = 0.0, 0, 0, False
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
     for step, (x, y) in enumerate(bar):
-        logits = model(Tensor(x))
-        loss = F.cross_entropy(logits, xp.asarray(y))
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                                   "lower the learning rate (the last checkpoint is kept as it was)")
-        optimizer.zero_grad()
-        loss.backward()
-        _check_gradients(model, epoch, step)  # a binary layer's sign() can hide NaN from the loss
-        optimizer.step()
+        try:
+            value, right = train_step(model, optimizer, x, y, epoch, step)
+        except MemoryError as exc:  # cupy's OutOfMemoryError is a MemoryError too
+            raise TrainingOutOfMemory(
+                f"out of memory at epoch {epoch + 1}, step {step + 1} with batch size {len(y)} on backend "
+                f"{backend.current()!r}: lower the batch size (--batch-size); the last checkpoint is kept as "
+                f"it was ({type(exc).__name__}: {exc})") from exc
         if schedule is not None:
             schedule.step()
         total_loss += value * len(y)
-        correct += int((backend.to_numpy(logits.data).argmax(axis=1) == y).sum())
+        correct += right
         count += len(y)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}",
@@ -132,13 +145,44 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     return record
 
 
-def _check_gradients(model, epoch: int, step: int) -> None:
-    """Raise TrainingDiverged if any parameter's gradient is NaN or infinite."""
-    for name, p in model.named_parameters():
-        if p.grad is not None and not bool(backend.get_array_module(p.grad).isfinite(p.grad).all()):
+def train_step(model, optimizer, x, y, epoch: int = 0, step: int = 0) -> tuple[float, int]:
+    """One training step on a batch: (loss, correct predictions), what fit() does per batch.
+
+    Forward, backward, then one host sync reads the loss, the correct count and whether every
+    gradient is finite; TrainingDiverged (naming ``epoch`` and ``step``) is raised before the
+    optimizer step, so a NaN never reaches the weights.
+    """
+    stats, names = forward_backward(model, x, y)
+    stats = backend.to_numpy(stats)  # the step's one device-to-host sync
+    value = float(stats[0])
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                               "lower the learning rate (the last checkpoint is kept as it was)")
+    for name, finite in zip(names, stats[2:]):  # a binary layer's sign() can hide NaN from the loss
+        if not finite:
             raise TrainingDiverged(f"the gradient of {name} became NaN or infinite at epoch {epoch + 1}, "
                                    f"step {step + 1}; lower the learning rate or check the input data "
                                    "(the last checkpoint is kept as it was)")
+    optimizer.step()
+    return value, int(stats[1])
+
+
+def forward_backward(model, x, y) -> tuple[Any, list[str]]:
+    """Loss, gradients and the step's statistics without waiting for the device.
+
+    Returns a float64 vector on the model's device, [loss, correct predictions, then 1.0 or 0.0 per
+    parameter gradient: finite or not], and the names of those parameters. Reading the vector is
+    the training step's one host sync on the GPU.
+    """
+    logits = model(Tensor(x))
+    loss = F.cross_entropy(logits, y)  # host labels: checked on the host, copied once
+    model.zero_grad()
+    loss.backward()
+    xp = backend.get_array_module(loss.data)
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    stats = xp.stack([loss.data.astype(np.float64), _correct(logits, y).astype(np.float64),
+                      *(xp.isfinite(g).all().astype(np.float64) for _, g in named)])
+    return stats, [name for name, _ in named]
 
 
 def _describe(record: dict[str, float]) -> str:

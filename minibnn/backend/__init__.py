@@ -106,11 +106,15 @@ def xp() -> ModuleType:
     return kernels().xp
 
 
+def is_device_array(a) -> bool:
+    """True for a GPU (CuPy) array."""
+    return type(a).__module__.startswith("cupy")
+
+
 def get_array_module(*arrays) -> ModuleType:
     """The array module that owns these arrays (cupy for CuPy arrays, else numpy)."""
     for a in arrays:
-        module = type(a).__module__
-        if module.startswith("cupy"):
+        if is_device_array(a):
             import cupy
 
             return cupy
@@ -118,7 +122,23 @@ def get_array_module(*arrays) -> ModuleType:
 
 
 def to_numpy(a) -> numpy.ndarray:
-    """Copy a backend array to host memory as a NumPy array (no copy for NumPy input)."""
-    if type(a).__module__.startswith("cupy"):
+    """Copy a backend array to host memory as a NumPy array (no copy for NumPy input).
+
+    For a CuPy array this waits for the GPU: the training loop does it once per step.
+    """
+    if is_device_array(a):
         return a.get()
     return numpy.asarray(a)
+
+
+def to_backend(a, name: str | None = None):
+    """``a`` as an array of backend ``name``'s array module (default: the current backend); no copy
+    when it is there already."""
+    return move_to(_load(name).xp if name is not None else xp(), a)
+
+
+def move_to(array_module: ModuleType, a):
+    """``a`` as an array of ``array_module`` (numpy or cupy), copied between host and GPU if needed."""
+    if array_module is numpy:
+        return to_numpy(a)
+    return array_module.asarray(a)

@@ -5,9 +5,9 @@ NEON on aarch64, a scalar path everywhere), OpenMP threads. The extension module
 ``minibnn._native`` is built by ``pip install .`` / ``pip install -e .`` (setup.py) or in place by
 ``python native/build_native.py``.
 
-Every argument is checked here (dtype, C-contiguity, alignment, shapes, sizes, zero tail bits)
-before a pointer reaches C; a bad one raises ValueError naming it. Python allocates every output.
-Arrays stay NumPy arrays (``xp = numpy``).
+Every argument is checked here (dtype, C-contiguity, alignment, shapes, sizes, zero tail bits unless
+``check_tails=False``) before a pointer reaches C; a bad one raises ValueError naming it. Python
+allocates every output. Arrays stay NumPy arrays (``xp = numpy``).
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ else:
 xp = numpy
 name = "native"
 _VERSION = 2  # mbk_version() of the C sources this wrapper was written for
+_ON = dict(xp=numpy, backend=name)  # for the shared argument checks
 
 # kernels whose reference version is the native one too (cheap, not on a hot path)
-unpack_bits = _ref.unpack_bits
 conv_output_hw = _ref.conv_output_hw
 n_words = _ref.n_words
 
@@ -111,6 +111,7 @@ def pack_bits(x: numpy.ndarray, axis: int = -1) -> numpy.ndarray:
     The packed axis moves last. float32 input is packed by C in one read of the floats (a
     non-contiguous input is copied first); other real dtypes go through the NumPy reference.
     """
+    _ref.check_host("x", x, name)
     x = numpy.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"x must be a real (bool, int or float) array, got dtype {x.dtype}")
@@ -136,8 +137,15 @@ def pack_bits(x: numpy.ndarray, axis: int = -1) -> numpy.ndarray:
     return out
 
 
+def unpack_bits(words: numpy.ndarray, k: int) -> numpy.ndarray:
+    """Inverse of pack_bits along the last axis: float32 +-1 values of true length ``k``."""
+    _ref.check_host("words", words, name)
+    return _ref.unpack_bits(words, k)
+
+
 def pack_channels(x: numpy.ndarray) -> numpy.ndarray:
     """Sign-and-pack NCHW activations along channels: uint64 (N, H, W, ceil(C/64)), tail bits 0."""
+    _ref.check_host("x", x, name)
     x = numpy.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
@@ -146,7 +154,7 @@ def pack_channels(x: numpy.ndarray) -> numpy.ndarray:
 
 def popcount_rows(words: numpy.ndarray) -> numpy.ndarray:
     """Set bits of each row (last axis) of a uint64 array, as int32 of shape words.shape[:-1]."""
-    _ref.check_array("words", words, numpy.uint64, None, "packed rows", contiguous=True)
+    _ref.check_array("words", words, numpy.uint64, None, "packed rows", contiguous=True, **_ON)
     if words.ndim < 1:
         raise ValueError("words must have at least one axis, got a 0-d array")
     out = numpy.empty(words.shape[:-1], dtype=numpy.int32)
@@ -164,12 +172,14 @@ def popcount_rows(words: numpy.ndarray) -> numpy.ndarray:
 
 # ---------------------------------------------------------------- GEMM
 
-def xnor_gemm(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, out: numpy.ndarray) -> numpy.ndarray:
+def xnor_gemm(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, out: numpy.ndarray,
+              check_tails: bool = True) -> numpy.ndarray:
     """out[m, n] = K - 2 * popcount(a[m] XOR b[n]): the +-1 dot product of packed rows.
 
     a_words (M, W) and b_words (N, W) uint64 with W = ceil(k / 64); out int32 (M, N).
+    ``check_tails=False``: the caller vouches that the tail bits are 0 (words from pack_bits).
     """
-    k = _ref.check_gemm(a_words, b_words, k, out, numpy.int32, True)
+    k = _ref.check_gemm(a_words, b_words, k, out, numpy.int32, True, check_tails=check_tails, **_ON)
     if out.size:
         m, n = out.shape
         if k == 0:
@@ -181,9 +191,9 @@ def xnor_gemm(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, out: numpy
 
 
 def xnor_gemm_affine(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, scale: numpy.ndarray,
-                     bias: numpy.ndarray, out: numpy.ndarray) -> numpy.ndarray:
+                     bias: numpy.ndarray, out: numpy.ndarray, check_tails: bool = True) -> numpy.ndarray:
     """out[m, n] = scale[n] * dot + bias[n] in float32 (multiply, round, add, round): the fused epilogue."""
-    k = _ref.check_gemm(a_words, b_words, k, out, numpy.float32, True, scale, bias)
+    k = _ref.check_gemm(a_words, b_words, k, out, numpy.float32, True, scale, bias, check_tails=check_tails, **_ON)
     if out.size:
         m, n = out.shape
         if k == 0:
@@ -196,11 +206,12 @@ def xnor_gemm_affine(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, sca
 
 
 def xnor_gemm_threshold(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, threshold: numpy.ndarray,
-                        flip: numpy.ndarray, out: numpy.ndarray) -> numpy.ndarray:
+                        flip: numpy.ndarray, out: numpy.ndarray, check_tails: bool = True) -> numpy.ndarray:
     """Packed bits (dot >= threshold[n]) != flip[n]: uint64 (M, ceil(N / 64)), a folded batch norm + sign."""
     n = b_words.shape[0] if isinstance(b_words, numpy.ndarray) and b_words.ndim == 2 else 0
-    k = _ref.check_gemm(a_words, b_words, k, out, numpy.uint64, True, out_cols=_ref.n_words(n))
-    _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True)
+    k = _ref.check_gemm(a_words, b_words, k, out, numpy.uint64, True, out_cols=_ref.n_words(n),
+                        check_tails=check_tails, **_ON)
+    _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True, **_ON)
     if out.size:
         m = out.shape[0]
         if k == 0:
@@ -217,7 +228,8 @@ def xnor_gemm_threshold(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, 
 
 def conv_pad_correction(w_words: numpy.ndarray, channels: int, in_hw, stride, padding) -> numpy.ndarray:
     """What -1 padding took away, per output position: int32 (OH, OW, O) (see numpy_ref)."""
-    _ref.check_array("w_words", w_words, numpy.uint64, 4, "(O, kh, kw, ceil(C/64)) channel-packed weights", True)
+    _ref.check_array("w_words", w_words, numpy.uint64, 4, "(O, kh, kw, ceil(C/64)) channel-packed weights", True,
+                     **_ON)
     c = _ref.check_int("channels", channels, 1)
     if w_words.shape[3] != _ref.n_words(c):
         raise ValueError(f"w_words must have ceil(channels / 64) = {_ref.n_words(c)} words per tap, "
@@ -263,34 +275,36 @@ def _conv(x_words, w_words, g: dict, correction, out, scale=None, bias=None, thr
 
 
 def binary_conv2d(x_words: numpy.ndarray, w_words: numpy.ndarray, channels: int, stride, padding, pad_value,
-                  out: numpy.ndarray, correction: numpy.ndarray | None = None) -> numpy.ndarray:
+                  out: numpy.ndarray, correction: numpy.ndarray | None = None,
+                  check_tails: bool = True) -> numpy.ndarray:
     """The exact +-1 convolution of channel-packed activations and weights, int32 (N, OH, OW, O).
 
     x_words (N, H, W, ceil(C/64)) from pack_channels, w_words (O, kh, kw, ceil(C/64)); equal to a
     float conv2d of sign(x) padded with ``pad_value`` (0, +1 or -1) against sign(w).
     ``correction`` (pad_value 0 only; computed when None): conv_pad_correction of the weights.
     """
-    g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.int32, True, correction)
+    g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.int32, True, correction,
+                        check_tails=check_tails, **_ON)
     _conv(x_words, w_words, g, correction, out)
     return out
 
 
 def binary_conv2d_affine(x_words: numpy.ndarray, w_words: numpy.ndarray, channels: int, stride, padding,
                          pad_value, scale: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray,
-                         correction: numpy.ndarray | None = None) -> numpy.ndarray:
+                         correction: numpy.ndarray | None = None, check_tails: bool = True) -> numpy.ndarray:
     """binary_conv2d with the fused float32 epilogue out = scale[o] * y + bias[o], float32 (N, OH, OW, O)."""
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.float32, True,
-                        correction, scale, bias)
+                        correction, scale, bias, check_tails=check_tails, **_ON)
     _conv(x_words, w_words, g, correction, out, scale=scale, bias=bias)
     return out
 
 
 def binary_conv2d_threshold(x_words: numpy.ndarray, w_words: numpy.ndarray, channels: int, stride, padding,
                             pad_value, threshold: numpy.ndarray, flip: numpy.ndarray, out: numpy.ndarray,
-                            correction: numpy.ndarray | None = None) -> numpy.ndarray:
+                            correction: numpy.ndarray | None = None, check_tails: bool = True) -> numpy.ndarray:
     """binary_conv2d emitting packed bits (y >= threshold[o]) != flip[o]: uint64 (N, OH, OW, ceil(O/64))."""
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.uint64, True,
-                        correction, packed_out=True)
-    _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True)
+                        correction, packed_out=True, check_tails=check_tails, **_ON)
+    _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True, **_ON)
     _conv(x_words, w_words, g, correction, out, threshold=threshold, flip=flip)
     return out

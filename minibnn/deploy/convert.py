@@ -241,7 +241,7 @@ def verify(model: Module, packed: PackedModel, input_shape: tuple[int, ...], bat
         model.eval()  # safe: the PyTorch-style mode switch, not Python's eval
         with no_grad():
             expected = to_numpy(model(Tensor(x)).data)
-        got = packed.predict(x)
+        got = to_numpy(packed.predict(x))
     except ValueError as exc:
         raise ValueError(f"input_shape {tuple(input_shape)} does not fit the model: {exc}") from None
     finally:

@@ -56,18 +56,23 @@ class PackedModel:
         """Bytes of all stored arrays (the size of the packed parameters in memory)."""
         return sum(op.nbytes for _, op in self.layers())
 
-    def __call__(self, x) -> np.ndarray:
+    def __call__(self, x):
         """Logits for a batch ``x`` (floating array, one sample per row)."""
         return self.predict(x)
 
-    def predict(self, x, batch_size: int | None = None) -> np.ndarray:
-        """Logits for ``x``, computed ``batch_size`` samples at a time (all at once when None)."""
+    def predict(self, x, batch_size: int | None = None):
+        """Logits for ``x``, computed ``batch_size`` samples at a time (all at once when None).
+
+        Runs on the current backend: on ``cuda`` the input is copied to the GPU (if it is not there
+        already), the stored weights are copied once and cached, and the logits are a CuPy array
+        (``minibnn.backend.to_numpy`` brings them back).
+        """
         x = self._check_input(x)
         if batch_size is None or batch_size >= len(x):
             return self._forward(x)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return np.concatenate([self._forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return backend.xp().concatenate([self._forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def _forward(self, x):
         y = self.root(x)
@@ -77,8 +82,7 @@ class PackedModel:
         return backend.xp().ascontiguousarray(y.data if isinstance(y, Tensor) else y)
 
     def _check_input(self, x):
-        xp = backend.xp()
-        x = xp.asarray(x)
+        x = backend.to_backend(x)
         if x.dtype.kind != "f":
             raise ValueError(f"{self.name}: input must be a floating-point array (normalised as in training), "
                              f"got dtype {x.dtype}")

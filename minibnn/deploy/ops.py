@@ -44,6 +44,16 @@ class PackedOp(Module):
     def __init__(self) -> None:
         super().__init__()
         object.__setattr__(self, "path", "")
+        object.__setattr__(self, "_placed", {})  # (backend, id) -> (stored array, its copy there)
+
+    def placed(self, a):
+        """A stored (NumPy) array as an array of the current backend: copied to the GPU once, then cached."""
+        if a is None:
+            return None
+        key = (backend.current(), id(a))
+        if key not in self._placed:  # the stored array is kept in the entry, so its id stays unique
+            self._placed[key] = (a, backend.to_backend(a))
+        return self._placed[key][1]
 
     def config(self) -> dict[str, Any]:
         return {}
@@ -93,6 +103,9 @@ class FloatLayer(PackedOp):
 
     def forward(self, x):
         x = _floats(x, self)
+        if self._placed.get("module") != backend.current():  # parameters follow the backend (GPU once)
+            self.module.to()
+            self._placed["module"] = backend.current()
         try:
             with no_grad():
                 y = self.module(Tensor(x))
@@ -143,7 +156,7 @@ class QuantizedLayer(PackedOp):
             raise self.fail(f"expects {self.weight.shape[1]} input channels/features, got input {tuple(x.shape)}")
         with no_grad():  # the same calls as QDense.forward / QConv2d.forward
             xq = _quantize_input(Tensor(x), self.act_bit)
-            w = Tensor(self.weight)
+            w = Tensor(self.placed(self.weight))
             if self.layer == "dense":
                 y = F.linear(xq, w)
             elif self.pad_value == 0:
@@ -152,9 +165,9 @@ class QuantizedLayer(PackedOp):
                 y = F.conv2d(F.pad2d(xq, self.padding, self.pad_value), w, stride=self.stride)
             shape = (1, -1) + (1,) * (y.ndim - 2)
             if self.alpha is not None:
-                y = y * Tensor(self.alpha).reshape(shape)
+                y = y * Tensor(self.placed(self.alpha)).reshape(shape)
             if self.bias is not None:
-                y = y + Tensor(self.bias).reshape(shape)
+                y = y + Tensor(self.placed(self.bias)).reshape(shape)
         return y.data
 
     def config(self) -> dict[str, Any]:
@@ -225,17 +238,20 @@ class _BinaryOp(PackedOp):
         return x.words
 
     def _finish(self, y):
-        """The numpy part of the float epilogue (post-scale/shift) on channels-last output."""
+        """The array part of the float epilogue (post-scale/shift) on channels-last output."""
         e = self.epilogue
         if e.post_scale is not None:
-            y = y * e.post_scale + e.post_shift
+            y = y * self.placed(e.post_scale) + self.placed(e.post_shift)
         return y
 
     def _float_epilogue(self):
         e, xp = self.epilogue, backend.xp()
         if e.scale is not None:
-            return e.scale, e.bias
+            return self.placed(e.scale), self.placed(e.bias)
         return xp.ones(self.out_channels, np.float32), xp.zeros(self.out_channels, np.float32)
+
+    def _threshold(self):
+        return self.placed(self.epilogue.threshold), self.placed(self.epilogue.flip)
 
 
 class BinaryDense(_BinaryOp):
@@ -251,13 +267,14 @@ class BinaryDense(_BinaryOp):
             if x.ndim != 2 or x.shape[1] != self.in_channels:
                 raise self.fail(f"expects input (N, {self.in_channels}), got {tuple(x.shape)}")
             a = kernels.pack_bits(x, axis=1)
-        xp, n, e = backend.xp(), a.shape[0], self.epilogue
+        xp, n, weights = backend.xp(), a.shape[0], self.placed(self.weight_bits)
+        # tails: the weights' were checked on load or conversion, the input's come from a packer
         if self.emits_bits:
             out = xp.empty((n, kernels.n_words(self.out_channels)), np.uint64)
-            kernels.xnor_gemm_threshold(a, self.weight_bits, self.in_channels, e.threshold, e.flip, out)
+            kernels.xnor_gemm_threshold(a, weights, self.in_channels, *self._threshold(), out, check_tails=False)
             return Bits(out, self.out_channels)
         out = xp.empty((n, self.out_channels), np.float32)
-        kernels.xnor_gemm_affine(a, self.weight_bits, self.in_channels, *self._float_epilogue(), out)
+        kernels.xnor_gemm_affine(a, weights, self.in_channels, *self._float_epilogue(), out, check_tails=False)
         return self._finish(out)
 
     def config(self) -> dict[str, Any]:
@@ -284,8 +301,8 @@ class BinaryConv2d(_BinaryOp):
             return None
         key = (kernels.name, *hw)
         if key not in self._corrections:
-            self._corrections[key] = kernels.conv_pad_correction(self.weight_bits, self.in_channels, hw,
-                                                                 self.stride, self.padding)
+            self._corrections[key] = kernels.conv_pad_correction(self.placed(self.weight_bits), self.in_channels,
+                                                                 hw, self.stride, self.padding)
         return self._corrections[key]
 
     def _run(self, x):
@@ -301,14 +318,14 @@ class BinaryConv2d(_BinaryOp):
         oh, ow = kernels.conv_output_hw((h, w), (kh, kw), self.stride, self.padding)
         if oh < 1 or ow < 1:
             raise self.fail(f"input {h}x{w} is smaller than the kernel {kh}x{kw} with padding {self.padding}")
-        args = (words, self.weight_bits, self.in_channels, self.stride, self.padding, self.pad_value)
-        xp, e, corr = backend.xp(), self.epilogue, self._correction(kernels, (h, w))
-        if self.emits_bits:
+        args = (words, self.placed(self.weight_bits), self.in_channels, self.stride, self.padding, self.pad_value)
+        xp, corr = backend.xp(), self._correction(kernels, (h, w))
+        if self.emits_bits:  # tails: as in BinaryDense
             out = xp.empty((n, oh, ow, kernels.n_words(self.out_channels)), np.uint64)
-            kernels.binary_conv2d_threshold(*args, e.threshold, e.flip, out, corr)
+            kernels.binary_conv2d_threshold(*args, *self._threshold(), out, corr, check_tails=False)
             return Bits(out, self.out_channels)
         out = xp.empty((n, oh, ow, self.out_channels), np.float32)
-        kernels.binary_conv2d_affine(*args, *self._float_epilogue(), out, corr)
+        kernels.binary_conv2d_affine(*args, *self._float_epilogue(), out, corr, check_tails=False)
         return self._finish(out).transpose(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def config(self) -> dict[str, Any]:

@@ -26,7 +26,9 @@ class XnorLinear(Function):
         kernels = backend.kernels()
         xp = backend.get_array_module(xq)
         out = xp.empty((xq.shape[0], wq.shape[0]), dtype=np.int32)
-        kernels.xnor_gemm(kernels.pack_bits(xq, axis=1), kernels.pack_bits(wq, axis=1), xq.shape[1], out)
+        # check_tails=False: pack_bits leaves the tail bits 0 (the scan would cost a GPU sync per layer)
+        kernels.xnor_gemm(kernels.pack_bits(xq, axis=1), kernels.pack_bits(wq, axis=1), xq.shape[1], out,
+                          check_tails=False)
         self.xq, self.wq = xq, wq
         return out.astype(xq.dtype)
 
@@ -57,7 +59,8 @@ class XnorConv2d(Function):
         x_words = kernels.pack_bits(xq.transpose(0, 2, 3, 1), axis=-1)
         w_words = kernels.pack_bits(wq.transpose(0, 2, 3, 1), axis=-1)
         out = xp.empty((n, *out_hw, o), dtype=np.int32)
-        kernels.binary_conv2d(x_words, w_words, c, self.stride, self.padding, self.pad_value, out)
+        kernels.binary_conv2d(x_words, w_words, c, self.stride, self.padding, self.pad_value, out,
+                              check_tails=False)
         self.xq, self.wq = xq, wq
         return out.astype(xq.dtype).transpose(0, 3, 1, 2)
 

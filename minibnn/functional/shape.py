@@ -41,6 +41,7 @@ class GetItem(Function):
 
     def forward(self, a):
         self.in_shape, self.dtype = a.shape, a.dtype
+        self.index = _index_for(a, self.index)
         return a[self.index]
 
     def backward(self, g):
@@ -51,6 +52,14 @@ class GetItem(Function):
         else:
             xp.add.at(out, self.index, g)  # correct with repeated indices too
         return out
+
+
+def _index_for(a, index):
+    """``index`` with its integer/bool arrays on ``a``'s device (NumPy index arrays into a CuPy array)."""
+    xp = get_array_module(a)
+    parts = index if isinstance(index, tuple) else (index,)
+    moved = tuple(xp.asarray(p) if hasattr(p, "dtype") and hasattr(p, "shape") else p for p in parts)
+    return moved if isinstance(index, tuple) else moved[0]
 
 
 def _is_basic_index(index) -> bool:

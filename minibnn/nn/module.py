@@ -127,6 +127,17 @@ class Module:
                 object.__setattr__(m, name, getattr(m, name).astype(dtype))
         return self
 
+    def to(self, backend_name: str | None = None) -> "Module":
+        """Move parameters and buffers to ``backend_name``'s arrays (default: the current backend), in
+        place, like PyTorch's ``model.to("cuda")``; returns self. Gradients are dropped; optimizer
+        state made before the move stays where it was, so build the optimizer after ``to``."""
+        for p in self.parameters():
+            p.data, p.grad = backend.to_backend(p.data, backend_name), None
+        for prefix, m in self.named_modules():
+            for name in m._buffers:
+                object.__setattr__(m, name, backend.to_backend(getattr(m, name), backend_name))
+        return self
+
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters and buffers as NumPy arrays, by dotted name."""

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check of the cuda backend: one script, about 5 minutes on an H100/H200 with CuPy and PyTorch
+# installed and no network. Run from the repository root, from the source tree (no install needed):
+#
+#     bash benchmarks/gpu_check.sh [OUTDIR]
+#
+# 1. the cuda tests (pytest -m gpu: the kernel table against numpy_ref bit for bit, every op, module,
+#    optimizer, training and packed inference against the numpy backend, the host-sync test);
+# 2. a binary LeNet on MNIST, one epoch on `cuda` (test accuracy and seconds), and the same LeNet on
+#    `native` over the first 6,000 images of the same machine's CPUs when the C library can be built
+#    there (cffi wheels in .whl/ are installed first when present: the GPU machine has no cffi);
+# 3. python benchmarks/gpu.py --quick.
+# It prints one table at the end and exits non-zero when any part failed. Logs go to OUTDIR
+# (default $OUT when set, else gpu_check_out/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu_check_out}}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+declare -a rows
+status=0
+
+row() { rows+=("$(printf '%-34s %-8s %s' "$1" "$2" "$3")"); }
+elapsed() { echo $(( $(date +%s) - $1 ))s; }
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+$py -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
+gpu_name=$(head -1 "$out/gpu.txt")
+
+if ls .whl/cffi-*.whl >/dev/null 2>&1 && ! $py -c "import cffi" 2>/dev/null; then
+  $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+t=$(date +%s)
+if $py native/build_native.py >"$out/native_build.log" 2>&1; then native=yes; else native=no; fi
+row "native build (CPU)" "$native" "$(elapsed "$t"), log native_build.log"
+
+echo "== 1. cuda tests"
+t=$(date +%s)
+if $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log"; then r=pass; else r=FAIL; status=1; fi
+row "pytest -m gpu" "$r" "$(elapsed "$t"), $(tail -1 "$out/pytest_gpu.log")"
+
+echo "== 2. binary LeNet, 1 epoch on MNIST"
+t=$(date +%s)
+if $py -m minibnn train --backend cuda --model lenet --epochs 1 --quiet --out "$out/lenet_cuda" 2>&1 \
+    | tee "$out/lenet_cuda.log"; then r=pass; else r=FAIL; status=1; fi
+row "LeNet epoch, cuda" "$r" "$(elapsed "$t"), $(grep -h 'epoch 1:' "$out/lenet_cuda.log" | tail -1 | cut -c1-80)"
+row "  test accuracy, cuda" "" "$(grep -h 'test accuracy' "$out/lenet_cuda.log" | tail -1 | cut -c1-60)"
+if [ "$native" = yes ]; then
+  t=$(date +%s)
+  if $py -m minibnn train --backend native --model lenet --epochs 1 --limit 6000 --quiet \
+      --out "$out/lenet_native" 2>&1 | tee "$out/lenet_native.log"; then r=pass; else r=FAIL; status=1; fi
+  row "LeNet 6k images, native ($(nproc) CPUs)" "$r" "$(elapsed "$t"), $(grep -h 'epoch 1:' "$out/lenet_native.log" | tail -1 | cut -c1-80)"
+fi
+
+echo "== 3. benchmarks/gpu.py --quick"
+t=$(date +%s)
+if $py benchmarks/gpu.py --quick --json "$out/gpu_quick.json" 2>&1 | tee "$out/gpu_bench.log"; then r=pass
+else r=FAIL; status=1; fi
+row "benchmarks/gpu.py --quick" "$r" "$(elapsed "$t"), table in gpu_bench.log"
+
+echo
+echo "== GPU check on: $gpu_name"
+printf '%s\n' "${rows[@]}"
+[ $status -eq 0 ] && echo "GPU check: all parts passed" || echo "GPU check: FAILED (see the logs in $out)"
+exit $status
