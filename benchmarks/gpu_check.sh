@@ -11,10 +11,12 @@
 #    there (cffi wheels in .whl/ are installed first when present: the GPU machine has no cffi);
 # 3. python benchmarks/gpu.py --quick.
 # It prints one table at the end and exits non-zero when any part failed. Logs go to OUTDIR
-# (default $OUT when set, else gpu_check_out/).
+# (default $OUT when set, else gpu_check_out/). Each part has a time limit (timeout), so one that hangs
+# fails alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check_out}}"
+runs=$(mktemp -d)  # trained models and checkpoints (not kept)
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
@@ -34,30 +36,30 @@ if ls .whl/cffi-*.whl >/dev/null 2>&1 && ! $py -c "import cffi" 2>/dev/null; the
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 t=$(date +%s)
-if $py native/build_native.py >"$out/native_build.log" 2>&1; then native=yes; else native=no; fi
+if timeout 120 $py native/build_native.py >"$out/native_build.log" 2>&1; then native=yes; else native=no; fi
 row "native build (CPU)" "$native" "$(elapsed "$t"), log native_build.log"
 
 echo "== 1. cuda tests"
 t=$(date +%s)
-if $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.log"; then r=pass; else r=FAIL; status=1; fi
+if timeout 200 $py -m pytest -q -m gpu -p no:cacheprovider --durations=8 tests 2>&1 | tee "$out/pytest_gpu.log"; then r=pass; else r=FAIL; status=1; fi
 row "pytest -m gpu" "$r" "$(elapsed "$t"), $(tail -1 "$out/pytest_gpu.log")"
 
 echo "== 2. binary LeNet, 1 epoch on MNIST"
 t=$(date +%s)
-if $py -m minibnn train --backend cuda --model lenet --epochs 1 --quiet --out "$out/lenet_cuda" 2>&1 \
+if timeout 150 $py -m minibnn train --backend cuda --model lenet --epochs 1 --quiet --out "$runs/lenet_cuda" 2>&1 \
     | tee "$out/lenet_cuda.log"; then r=pass; else r=FAIL; status=1; fi
 row "LeNet epoch, cuda" "$r" "$(elapsed "$t"), $(grep -h 'epoch 1:' "$out/lenet_cuda.log" | tail -1 | cut -c1-80)"
 row "  test accuracy, cuda" "" "$(grep -h 'test accuracy' "$out/lenet_cuda.log" | tail -1 | cut -c1-60)"
 if [ "$native" = yes ]; then
   t=$(date +%s)
-  if $py -m minibnn train --backend native --model lenet --epochs 1 --limit 6000 --quiet \
-      --out "$out/lenet_native" 2>&1 | tee "$out/lenet_native.log"; then r=pass; else r=FAIL; status=1; fi
+  if timeout 120 $py -m minibnn train --backend native --model lenet --epochs 1 --limit 6000 --quiet \
+      --out "$runs/lenet_native" 2>&1 | tee "$out/lenet_native.log"; then r=pass; else r=FAIL; status=1; fi
   row "LeNet 6k images, native ($(nproc) CPUs)" "$r" "$(elapsed "$t"), $(grep -h 'epoch 1:' "$out/lenet_native.log" | tail -1 | cut -c1-80)"
 fi
 
 echo "== 3. benchmarks/gpu.py --quick"
 t=$(date +%s)
-if $py benchmarks/gpu.py --quick --json "$out/gpu_quick.json" 2>&1 | tee "$out/gpu_bench.log"; then r=pass
+if timeout 200 $py benchmarks/gpu.py --quick --json "$out/gpu_quick.json" 2>&1 | tee "$out/gpu_bench.log"; then r=pass
 else r=FAIL; status=1; fi
 row "benchmarks/gpu.py --quick" "$r" "$(elapsed "$t"), table in gpu_bench.log"
 
