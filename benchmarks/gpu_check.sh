@@ -6,7 +6,8 @@
 #
 # 1. the cuda tests (pytest -m gpu: the kernel table against numpy_ref bit for bit, every op, module,
 #    optimizer, training and packed inference against the numpy backend, the host-sync test);
-# 2. a binary LeNet on MNIST, one epoch on `cuda` (test accuracy and seconds), and the same LeNet on
+# 2. a binary LeNet on MNIST, one epoch on `cuda` (test accuracy and seconds), then `minibnn eval`,
+#    `convert` and packed `eval` of it on `cuda`; the same LeNet on
 #    `native` over the first 6,000 images of the same machine's CPUs when the C library can be built
 #    there (cffi wheels in .whl/ are installed first when present: the GPU machine has no cffi);
 # 3. python benchmarks/gpu.py --quick.
@@ -27,9 +28,9 @@ row() { rows+=("$(printf '%-34s %-8s %s' "$1" "$2" "$3")"); }
 elapsed() { echo $(( $(date +%s) - $1 ))s; }
 
 echo "== machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$runs/gpu.txt"
 $py -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
-gpu_name=$(head -1 "$out/gpu.txt")
+gpu_name=$(head -1 "$runs/gpu.txt")
 
 if ls .whl/cffi-*.whl >/dev/null 2>&1 && ! $py -c "import cffi" 2>/dev/null; then
   $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -50,6 +51,12 @@ if timeout 150 $py -m minibnn train --backend cuda --model lenet --epochs 1 --qu
     | tee "$out/lenet_cuda.log"; then r=pass; else r=FAIL; status=1; fi
 row "LeNet epoch, cuda" "$r" "$(elapsed "$t"), $(grep -h 'epoch 1:' "$out/lenet_cuda.log" | tail -1 | cut -c1-80)"
 row "  test accuracy, cuda" "" "$(grep -h 'test accuracy' "$out/lenet_cuda.log" | tail -1 | cut -c1-60)"
+t=$(date +%s)  # the trained model: float eval, convert, packed eval, all on cuda
+if timeout 90 bash -c "$py -m minibnn eval --backend cuda '$runs/lenet_cuda/model' && \
+    $py -m minibnn convert --backend cuda '$runs/lenet_cuda/model.json' && \
+    $py -m minibnn eval --backend cuda '$runs/lenet_cuda/binarized_model'" 2>&1 | tee "$out/lenet_eval.log"
+then r=pass; else r=FAIL; status=1; fi
+row "LeNet eval/convert/packed eval" "$r" "$(elapsed "$t"), $(grep -h 'packed model' "$out/lenet_eval.log" | cut -c1-70)"
 if [ "$native" = yes ]; then
   t=$(date +%s)
   if timeout 120 $py -m minibnn train --backend native --model lenet --epochs 1 --limit 6000 --quiet \

@@ -46,16 +46,19 @@ def run(name: str, fn, inputs: list[np.ndarray], grad_of: tuple[int, ...] = (0,)
         return host(out.data), [host(tensors[i].grad) for i in grad_of]
 
 
-def assert_same(name: str, fn, inputs, grad_of=(0,), exact: bool = False) -> None:
+def assert_same(name: str, fn, inputs, grad_of=(0,), exact_forward: bool = False) -> None:
+    """Output and gradients of ``fn`` on backend ``name`` equal the numpy backend's (within float32
+    rounding; ``exact_forward``: the output bit for bit, e.g. the integer results of a binary op)."""
     want_out, want_grads = run("numpy", fn, inputs, grad_of)
     got_out, got_grads = run(name, fn, inputs, grad_of)
-    compare = np.testing.assert_array_equal if exact else (
-        lambda a, b, err_msg: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=err_msg))
-    compare(got_out, want_out, err_msg="forward")
+    if exact_forward:
+        np.testing.assert_array_equal(got_out, want_out, err_msg="forward")
+    else:
+        np.testing.assert_allclose(got_out, want_out, rtol=RTOL, atol=ATOL, err_msg="forward")
     for i, (g, w) in enumerate(zip(got_grads, want_grads)):
         assert (g is None) == (w is None), f"gradient {i}: present on one backend only"
-        if w is not None:
-            compare(g, w, err_msg=f"gradient of input {grad_of[i]}")
+        if w is not None:  # float matmuls of the straight-through backward: BLAS rounding differs
+            np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {grad_of[i]}")
 
 
 def rand(seed: int, *shape, lo: float = -2.0, hi: float = 2.0) -> np.ndarray:
@@ -143,9 +146,9 @@ def test_batch_norm(name, training):
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
 def test_xnor_ops_are_exact(name, pad_value):
     sign = lambda a: np.where(a >= 0, 1, -1).astype(np.float32)  # noqa: E731
-    assert_same(name, F.xnor_linear, [sign(rand(0, 5, 130)), sign(rand(1, 7, 130))], (0, 1), exact=True)
+    assert_same(name, F.xnor_linear, [sign(rand(0, 5, 130)), sign(rand(1, 7, 130))], (0, 1), exact_forward=True)
     assert_same(name, lambda x, w: F.xnor_conv2d(x, w, stride=2, padding=1, pad_value=pad_value),
-                [sign(rand(2, 2, 67, 6, 5)), sign(rand(3, 9, 67, 3, 3))], (0, 1), exact=True)
+                [sign(rand(2, 2, 67, 6, 5)), sign(rand(3, 9, 67, 3, 3))], (0, 1), exact_forward=True)
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -160,11 +163,16 @@ def test_quantizers(name, bits):
 
 # ---------------------------------------------------------------- modules, optimizers, training
 
-def _model_and_batch(seed: int = 0):
+# A binary network amplifies rounding: a float32 pre-activation within rounding of 0 takes the other
+# sign on a backend whose BLAS sums in another order, and one flipped sign moves a binary dot by 2.
+# So training runs are compared in float64 (model and input), where the backends agree to ~1e-12
+# and a flip is practically impossible; the float32 run is compared loosely below.
+
+def _model_and_batch(seed: int = 0, dtype=np.float64):
     minibnn.manual_seed(seed)
-    model = models.lenet(act_bit=1, weight_bit=1, channels=(8, 16))
+    model = models.lenet(act_bit=1, weight_bit=1, channels=(8, 16)).astype(dtype)
     rng = np.random.default_rng(seed)
-    return model, rng.standard_normal((6, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 6)
+    return model, rng.standard_normal((6, 1, 28, 28)).astype(dtype), rng.integers(0, 10, 6)
 
 
 OPTIMIZERS = {
@@ -176,14 +184,14 @@ OPTIMIZERS = {
 
 
 def _steps(backend_name: str, opt_name: str, steps: int = 3):
-    """A few training steps of a small binary LeNet: (losses, final parameters, flip ratio)."""
+    """A few float64 training steps of a small binary LeNet: (losses, final parameters, flip ratio)."""
     with minibnn.using(backend_name):
         model, x, y = _model_and_batch()
         model.to()
         opt = OPTIMIZERS[opt_name](model)
         losses = []
         for _ in range(steps):
-            loss = F.cross_entropy(model(Tensor(x)), y)
+            loss = F.cross_entropy(model(Tensor(x, dtype=np.float64)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -196,12 +204,10 @@ def _steps(backend_name: str, opt_name: str, steps: int = 3):
 def test_optimizers_give_the_same_steps(name, opt_name):
     want_losses, want_state, want_flips = _steps("numpy", opt_name)
     got_losses, got_state, got_flips = _steps(name, opt_name)
-    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-4)
-    assert got_flips == pytest.approx(want_flips, abs=1e-3)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-9)
+    assert got_flips == want_flips
     for key in want_state:
-        # one weight whose latent value sits at a sign flip can differ after rounding: compare most
-        close = np.isclose(got_state[key], want_state[key], rtol=1e-3, atol=1e-4)
-        assert close.mean() > 0.99, f"{key}: {close.mean():.3f} of the values agree"
+        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-8, atol=1e-10, err_msg=key)
 
 
 def test_cross_entropy_checks_host_labels_without_the_device():
@@ -211,21 +217,24 @@ def test_cross_entropy_checks_host_labels_without_the_device():
 
 
 @pytest.mark.parametrize("name", OTHERS)
-def test_lenet_20_steps_same_losses(name):
-    """fit() on MNIST for 20 steps gives the same per-epoch losses on both backends."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lenet_20_steps_same_losses(name, dtype):
+    """fit() on MNIST for 20 steps: the same loss and accuracy on both backends (float64: to rounding;
+    float32: within a few percent, since signs within rounding of 0 may flip; see above)."""
     x, y = data.load_mnist("train")
-    x = data.normalize(x[:640], data.MNIST_MEAN, data.MNIST_STD)
+    x = data.normalize(x[:640], data.MNIST_MEAN, data.MNIST_STD).astype(dtype)
     results = {}
     for backend_name in ("numpy", name):
         with minibnn.using(backend_name):
             minibnn.manual_seed(0)
-            model = models.lenet(act_bit=1, weight_bit=1)
+            model = models.lenet(act_bit=1, weight_bit=1).astype(dtype).to()
             opt = optim.Adam(model.parameters(), lr=2e-3)
             loader = data.DataLoader(x, y[:640], 32, shuffle=True, seed=0)  # 20 steps
             hist = train.fit(model, loader, opt, 1, progress=False, verbose=False)
             results[backend_name] = (hist["loss"][0], hist["accuracy"][0])
-    assert results[name][0] == pytest.approx(results["numpy"][0], rel=1e-3)
-    assert results[name][1] == pytest.approx(results["numpy"][1], abs=2 / 640)
+    loose = dtype == np.float32
+    assert results[name][0] == pytest.approx(results["numpy"][0], rel=5e-2 if loose else 1e-9)
+    assert results[name][1] == pytest.approx(results["numpy"][1], abs=0.05 if loose else 0)
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -341,7 +350,7 @@ def test_training_step_does_not_wait_for_the_gpu(opt_name):
     import cupy
 
     with minibnn.using("cuda"):
-        model, x, y = _model_and_batch()
+        model, x, y = _model_and_batch(dtype=np.float32)
         opt = OPTIMIZERS[opt_name](model)
         for _ in range(2):  # compile the kernels, fill the memory pool
             stats, _ = train.forward_backward(model, x, y)
@@ -358,4 +367,4 @@ def test_training_step_does_not_wait_for_the_gpu(opt_name):
         host_stats = backend.to_numpy(stats)
     assert busy, "the spin kernel ended before the step was enqueued: the test cannot tell"
     assert enqueued < 0.5, f"the step took {enqueued:.2f} s to enqueue: it waited for the GPU (a host sync)"
-    assert len(host_stats) == 2 + len(names) and host_stats[2:].all()
+    assert len(host_stats) == 2 + len(names) and np.isfinite(host_stats).all()
