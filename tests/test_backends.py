@@ -163,30 +163,58 @@ def test_quantizers(name, bits):
 
 # ---------------------------------------------------------------- modules, optimizers, training
 
-# A binary network amplifies rounding: a float32 pre-activation within rounding of 0 takes the other
-# sign on a backend whose BLAS sums in another order, and one flipped sign moves a binary dot by 2.
-# So training runs are compared in float64 (model and input), where the backends agree to ~1e-12
-# and a flip is practically impossible; the float32 run is compared loosely below.
+# A binary network amplifies rounding: a pre-activation within rounding of 0 (a feature that is the
+# same for the whole batch, as MNIST's blank borders are, leaves batch norm with x - mean = +-1 ulp)
+# takes its sign from the summation order, which differs between BLAS and reduction libraries, and
+# one flipped sign moves a binary dot by 2. Even in float64 such ties occur. So: the optimizers are
+# compared on identical gradients, whole models in float64 with float layers (no sign: the backends
+# agree to rounding), and binary training runs loosely (test_lenet_20_steps_same_losses); the binary
+# ops themselves are exact (test_xnor_ops_are_exact, test_packed_model_same_logits).
 
-def _model_and_batch(seed: int = 0, dtype=np.float64):
+def _model_and_batch(seed: int = 0, bits: int = 1, dtype=np.float32, batch: int = 6):
     minibnn.manual_seed(seed)
-    model = models.lenet(act_bit=1, weight_bit=1, channels=(8, 16)).astype(dtype)
+    model = models.lenet(act_bit=bits, weight_bit=bits, channels=(8, 16)).astype(dtype)
     rng = np.random.default_rng(seed)
-    return model, rng.standard_normal((6, 1, 28, 28)).astype(dtype), rng.integers(0, 10, 6)
+    return model, rng.standard_normal((batch, 1, 28, 28)).astype(dtype), rng.integers(0, 10, batch)
 
 
 OPTIMIZERS = {
     "sgd": lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
-    "adam": lambda m: optim.Adam(m.parameters(), lr=1e-2),
+    "adam": lambda m: optim.Adam(m.parameters(), lr=1e-2, weight_decay=1e-4),
     "adamw": lambda m: optim.AdamW(m.parameters(), lr=1e-2),
     "bop": lambda m: optim.make_optimizer("bop", m, 1e-2),
 }
 
 
-def _steps(backend_name: str, opt_name: str, steps: int = 3):
-    """A few float64 training steps of a small binary LeNet: (losses, final parameters, flip ratio)."""
+def _optimizer_steps(backend_name: str, opt_name: str, steps: int = 3):
+    """Steps of an optimizer over a binary LeNet's parameters (latent clipping included) with the same
+    host-drawn gradients on every backend: (final parameters, flip ratio of the last step)."""
     with minibnn.using(backend_name):
-        model, x, y = _model_and_batch()
+        model, _, _ = _model_and_batch()
+        model.to()
+        opt = OPTIMIZERS[opt_name](model)
+        rng = np.random.default_rng(1)
+        for _ in range(steps):
+            for p in model.parameters():
+                p.grad = backend.xp().asarray(rng.standard_normal(p.data.shape).astype(np.float32) * 0.1)
+            opt.step()
+        return model.state_dict(), float(getattr(opt, "flip_ratio", 0.0))
+
+
+@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_optimizers_give_the_same_steps(name, opt_name):
+    want_state, want_flips = _optimizer_steps("numpy", opt_name)
+    got_state, got_flips = _optimizer_steps(name, opt_name)
+    assert got_flips == want_flips
+    for key in want_state:
+        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def _training_steps(backend_name: str, opt_name: str, steps: int = 3):
+    """float64 training steps of a float LeNet (modules, autograd, optimizer): (losses, parameters)."""
+    with minibnn.using(backend_name):
+        model, x, y = _model_and_batch(bits=32, dtype=np.float64, batch=8)
         model.to()
         opt = OPTIMIZERS[opt_name](model)
         losses = []
@@ -196,18 +224,17 @@ def _steps(backend_name: str, opt_name: str, steps: int = 3):
             loss.backward()
             opt.step()
             losses.append(float(loss.item()))
-        return losses, model.state_dict(), float(getattr(opt, "flip_ratio", 0.0))
+        return losses, model.state_dict()
 
 
 @pytest.mark.parametrize("name", OTHERS)
-@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
-def test_optimizers_give_the_same_steps(name, opt_name):
-    want_losses, want_state, want_flips = _steps("numpy", opt_name)
-    got_losses, got_state, got_flips = _steps(name, opt_name)
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_modules_train_the_same(name, opt_name):
+    want_losses, want_state = _training_steps("numpy", opt_name)
+    got_losses, got_state = _training_steps(name, opt_name)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-9)
-    assert got_flips == want_flips
     for key in want_state:
-        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-8, atol=1e-10, err_msg=key)
+        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-7, atol=1e-9, err_msg=key)
 
 
 def test_cross_entropy_checks_host_labels_without_the_device():
@@ -217,24 +244,24 @@ def test_cross_entropy_checks_host_labels_without_the_device():
 
 
 @pytest.mark.parametrize("name", OTHERS)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_lenet_20_steps_same_losses(name, dtype):
-    """fit() on MNIST for 20 steps: the same loss and accuracy on both backends (float64: to rounding;
-    float32: within a few percent, since signs within rounding of 0 may flip; see above)."""
+@pytest.mark.parametrize("bits", [32, 1])
+def test_lenet_20_steps_same_losses(name, bits):
+    """fit() on MNIST for 20 steps: the same loss and accuracy on both backends; the float LeNet to
+    float32 rounding, the binary one within a few percent (signs at ties may differ: see above)."""
     x, y = data.load_mnist("train")
-    x = data.normalize(x[:640], data.MNIST_MEAN, data.MNIST_STD).astype(dtype)
+    x = data.normalize(x[:640], data.MNIST_MEAN, data.MNIST_STD)
     results = {}
     for backend_name in ("numpy", name):
         with minibnn.using(backend_name):
             minibnn.manual_seed(0)
-            model = models.lenet(act_bit=1, weight_bit=1).astype(dtype).to()
+            model = models.lenet(act_bit=bits, weight_bit=bits)
             opt = optim.Adam(model.parameters(), lr=2e-3)
             loader = data.DataLoader(x, y[:640], 32, shuffle=True, seed=0)  # 20 steps
             hist = train.fit(model, loader, opt, 1, progress=False, verbose=False)
             results[backend_name] = (hist["loss"][0], hist["accuracy"][0])
-    loose = dtype == np.float32
-    assert results[name][0] == pytest.approx(results["numpy"][0], rel=5e-2 if loose else 1e-9)
-    assert results[name][1] == pytest.approx(results["numpy"][1], abs=0.05 if loose else 0)
+    loose = bits == 1
+    assert results[name][0] == pytest.approx(results["numpy"][0], rel=5e-2 if loose else 1e-3)
+    assert results[name][1] == pytest.approx(results["numpy"][1], abs=0.05 if loose else 2 / 640)
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -350,7 +377,7 @@ def test_training_step_does_not_wait_for_the_gpu(opt_name):
     import cupy
 
     with minibnn.using("cuda"):
-        model, x, y = _model_and_batch(dtype=np.float32)
+        model, x, y = _model_and_batch()
         opt = OPTIMIZERS[opt_name](model)
         for _ in range(2):  # compile the kernels, fill the memory pool
             stats, _ = train.forward_backward(model, x, y)
