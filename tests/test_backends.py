@@ -233,8 +233,9 @@ def test_modules_train_the_same(name, opt_name):
     want_losses, want_state = _training_steps("numpy", opt_name)
     got_losses, got_state = _training_steps(name, opt_name)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-9)
-    for key in want_state:
-        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-7, atol=1e-9, err_msg=key)
+    for key in want_state:  # atol: the first batch norm's bias has a gradient of exactly 0 in exact
+        # arithmetic (the next batch norm removes any shift), so Adam moves it by rounding noise only
+        np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-7, atol=1e-6, err_msg=key)
 
 
 def test_cross_entropy_checks_host_labels_without_the_device():
