@@ -72,7 +72,7 @@ def evaluate(model, loader, progress: bool = False) -> dict[str, float]:
 def _correct(logits: Tensor, labels):
     """Number of right predictions, as a 0-d array where the logits are (no host sync)."""
     xp = backend.get_array_module(logits.data)
-    return (logits.data.argmax(axis=1) == xp.asarray(labels)).sum()
+    return (logits.data.argmax(axis=1) == backend.move_to(xp, labels)).sum()
 
 
 def fit(model, train_loader, optimizer, epochs: int, val_loader=None, schedule=None,
@@ -95,7 +95,11 @@ def fit(model, train_loader, optimizer, epochs: int, val_loader=None, schedule=N
         record = _train_epoch(model, train_loader, optimizer, schedule, epoch, epochs, progress,
                               None if max_seconds is None else started + max_seconds)
         if val_loader is not None:
-            val = evaluate(model, val_loader)
+            try:
+                val = evaluate(model, val_loader)
+            except MemoryError as exc:
+                raise _out_of_memory(exc, f"the validation of epoch {epoch + 1}",
+                                     getattr(val_loader, "batch_size", "?")) from exc
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         history.append(record)
         if verbose:
@@ -119,10 +123,7 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
         try:
             value, right = train_step(model, optimizer, x, y, epoch, step)
         except MemoryError as exc:  # cupy's OutOfMemoryError is a MemoryError too
-            raise TrainingOutOfMemory(
-                f"out of memory at epoch {epoch + 1}, step {step + 1} with batch size {len(y)} on backend "
-                f"{backend.current()!r}: lower the batch size (--batch-size); the last checkpoint is kept as "
-                f"it was ({type(exc).__name__}: {exc})") from exc
+            raise _out_of_memory(exc, f"epoch {epoch + 1}, step {step + 1}", len(y)) from exc
         if schedule is not None:
             schedule.step()
         total_loss += value * len(y)
@@ -143,6 +144,12 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     if stopped:
         record["stopped_early"] = 1.0
     return record
+
+
+def _out_of_memory(exc: MemoryError, where: str, batch_size: int) -> TrainingOutOfMemory:
+    return TrainingOutOfMemory(
+        f"out of memory at {where} with batch size {batch_size} on backend {backend.current()!r}: lower the "
+        f"batch size (--batch-size); the last checkpoint is kept as it was ({type(exc).__name__}: {exc})")
 
 
 def train_step(model, optimizer, x, y, epoch: int = 0, step: int = 0) -> tuple[float, int]:

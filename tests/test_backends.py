@@ -238,7 +238,7 @@ def test_modules_train_the_same(name, opt_name):
         np.testing.assert_allclose(got_state[key], want_state[key], rtol=1e-7, atol=1e-6, err_msg=key)
 
 
-def test_cross_entropy_checks_host_labels_without_the_device():
+def test_cross_entropy_label_range_error_names_the_values():
     logits = Tensor(rand(0, 3, 4))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), got values from 0 to 4"):
         F.cross_entropy(logits, np.array([0, 4, 1]))
@@ -331,12 +331,31 @@ def test_mixing_devices_in_one_op_names_the_op():
         _ = a + b
 
 
-def test_module_to_moves_parameters_and_buffers():
+def test_module_to_an_unknown_or_missing_backend_is_a_clear_error():
     model = models.lenet(channels=(4, 8))
+    assert model.to("numpy") is model
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        model.to("nope")
+    if "cuda" not in backend.available():
+        with pytest.raises(minibnn.backend.BackendUnavailable, match="backend 'cuda' is not available"):
+            model.to("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available(), reason="the cuda backend is not available here")
+def test_module_to_moves_parameters_and_buffers_between_host_and_gpu():
+    import cupy
+
+    model = models.lenet(channels=(4, 8))
+    before = model.state_dict()
+    model.to("cuda")
+    assert all(isinstance(p.data, cupy.ndarray) for p in model.parameters())
+    assert all(isinstance(b, cupy.ndarray) for _, b in model.named_buffers())
     model.to("numpy")
     assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
-    with pytest.raises(minibnn.backend.BackendUnavailable if "cuda" not in backend.available() else ValueError):
-        model.to("cuda") if "cuda" not in backend.available() else model.to("nope")
+    assert all(isinstance(b, np.ndarray) for _, b in model.named_buffers())
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_out_of_memory_names_the_batch_size_and_keeps_the_checkpoint(tmp_path, monkeypatch):
@@ -352,8 +371,13 @@ def test_out_of_memory_names_the_batch_size_and_keeps_the_checkpoint(tmp_path, m
     def out_of_memory(*args, **kwargs):
         raise MemoryError("Out of memory allocating 1,073,741,824 bytes")
 
-    monkeypatch.setattr(type(model), "forward", out_of_memory)
-    with pytest.raises(train.TrainingOutOfMemory, match=r"batch size 32.*lower the batch size"):
+    monkeypatch.setattr(train, "evaluate", out_of_memory)  # in the validation pass
+    with pytest.raises(train.TrainingOutOfMemory, match=r"validation of epoch 2 with batch size 16"):
+        train.fit(model, loader, opt, 2, val_loader=data.DataLoader(x, y[:64], 16), checkpoint_dir=tmp_path,
+                  resume=True, progress=False, verbose=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.setattr(type(model), "forward", out_of_memory)  # in a training step
+    with pytest.raises(train.TrainingOutOfMemory, match=r"epoch 2, step 1 with batch size 32.*lower the batch size"):
         train.fit(model, loader, opt, 2, checkpoint_dir=tmp_path, resume=True, progress=False, verbose=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -396,3 +420,19 @@ def test_training_step_does_not_wait_for_the_gpu(opt_name):
     assert busy, "the spin kernel ended before the step was enqueued: the test cannot tell"
     assert enqueued < 0.5, f"the step took {enqueued:.2f} s to enqueue: it waited for the GPU (a host sync)"
     assert len(host_stats) == 2 + len(names) and np.isfinite(host_stats).all()
+
+
+def test_default_backend_is_never_cuda(monkeypatch):
+    """Without MINIBNN_BACKEND the default is native (when built) or numpy, even where a GPU is."""
+    monkeypatch.delenv("MINIBNN_BACKEND", raising=False)
+    assert backend._default() == ("native" if "native" in backend.available() else "numpy")
+
+
+def test_binary_layer_with_nonzero_tail_bits_is_refused_when_built():
+    """The packed layers skip the kernels' tail scan, so their constructor checks the weights once."""
+    from minibnn.deploy.ops import BinaryDense, Epilogue
+
+    with pytest.raises(ValueError, match="weight_bits has nonzero tail bits past bit 10"):
+        BinaryDense(np.full((3, 1), 2**64 - 1, np.uint64), 10, Epilogue())
+    with pytest.raises(ValueError, match="weight_bits has 2 words per row, 10 inputs need 1"):
+        BinaryDense(np.zeros((3, 2), np.uint64), 10, Epilogue())

@@ -59,6 +59,21 @@ def test_unknown_backend(capsys):
     assert "valid choices" in capsys.readouterr().err
 
 
+def test_backend_after_the_command(capsys, tmp_path):
+    """`minibnn train --backend NAME` as well as `minibnn --backend NAME train`."""
+    import minibnn
+
+    assert main(["eval", "--backend", "tpu", "x"]) == 2
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+    with minibnn.using(minibnn.backend.current()):  # the CLI switches the global backend: restore it
+        assert main(["eval", "--backend", "numpy", str(tmp_path / "nope")]) == 2
+        assert minibnn.backend.current() == "numpy"
+    assert "nope.json: file not found" in capsys.readouterr().err
+    if "cuda" not in minibnn.backend.available():
+        assert main(["train", "--backend", "cuda"]) == 2
+        assert "backend 'cuda' is not available" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs():
     done = subprocess.run([sys.executable, "-m", "minibnn", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "demo" in done.stdout

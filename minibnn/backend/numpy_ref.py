@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minibnn.backend import is_device_array
+
 xp = np
 name = "numpy"
 
@@ -68,17 +70,13 @@ def n_words(k: int) -> int:
     return -(-k // 64)
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 def wrong_memory(name: str, a, backend: str) -> str | None:
     """The message for an array in the other backend's memory (NumPy on cuda, CuPy on a CPU backend), else None."""
     if backend == "cuda" and isinstance(a, np.ndarray):
         return (f"{name} is a numpy.ndarray (host memory) but the current backend is 'cuda' (cupy arrays): "
                 f"move it with cupy.asarray(...), or move the other arguments to the host with "
                 f"minibnn.backend.to_numpy(...) and use a CPU backend")
-    if backend != "cuda" and _is_cupy(a):
+    if backend != "cuda" and is_device_array(a):
         return (f"{name} is a cupy.ndarray (GPU memory) but the current backend is {backend!r} (numpy arrays): "
                 f"move it with minibnn.backend.to_numpy(...), or use minibnn.use('cuda')")
     return None

@@ -100,12 +100,13 @@ class FloatLayer(PackedOp):
     def __init__(self, module: Module) -> None:
         super().__init__()
         self.module = module.eval()  # safe: mode switch, not Python's eval
+        object.__setattr__(self, "_module_backend", None)  # the backend whose arrays the module holds
 
     def forward(self, x):
         x = _floats(x, self)
-        if self._placed.get("module") != backend.current():  # parameters follow the backend (GPU once)
+        if self._module_backend != backend.current():  # parameters follow the backend (GPU once)
             self.module.to()
-            self._placed["module"] = backend.current()
+            object.__setattr__(self, "_module_backend", backend.current())
         try:
             with no_grad():
                 y = self.module(Tensor(x))
@@ -212,6 +213,17 @@ class _BinaryOp(PackedOp):
     def __init__(self, weight_bits: np.ndarray, in_channels: int, epilogue: Epilogue) -> None:
         super().__init__()
         self.weight_bits, self.in_channels, self.epilogue = weight_bits, int(in_channels), epilogue
+        self._check_weights()
+
+    def _check_weights(self) -> None:
+        """The packed weights fit the input count, tail bits 0: checked once here, so the kernels skip it."""
+        ref.check_int("input channels" if self.weight_ndim == 4 else "in_features", self.in_channels, 1)
+        w = self.weight_bits
+        ref.check_array("weight_bits", w, np.uint64, self.weight_ndim, "packed weights")
+        if w.shape[-1] != ref.n_words(self.in_channels):
+            raise ValueError(f"weight_bits has {w.shape[-1]} words per row, {self.in_channels} inputs need "
+                             f"{ref.n_words(self.in_channels)}")
+        ref.check_tail("weight_bits", w, self.in_channels)
 
     @property
     def out_channels(self) -> int:
@@ -258,6 +270,7 @@ class BinaryDense(_BinaryOp):
     """A binary QDense: packed (O, ceil(K/64)) weights, xnor_gemm with the folded epilogue."""
 
     kind = "binary_dense"
+    weight_ndim = 2  # (O, ceil(K/64))
 
     def _run(self, x):
         kernels = backend.kernels()
@@ -268,7 +281,7 @@ class BinaryDense(_BinaryOp):
                 raise self.fail(f"expects input (N, {self.in_channels}), got {tuple(x.shape)}")
             a = kernels.pack_bits(x, axis=1)
         xp, n, weights = backend.xp(), a.shape[0], self.placed(self.weight_bits)
-        # tails: the weights' were checked on load or conversion, the input's come from a packer
+        # tails: the weights' were checked in __init__, the input's come from a packer
         if self.emits_bits:
             out = xp.empty((n, kernels.n_words(self.out_channels)), np.uint64)
             kernels.xnor_gemm_threshold(a, weights, self.in_channels, *self._threshold(), out, check_tails=False)
@@ -289,6 +302,7 @@ class BinaryConv2d(_BinaryOp):
     """A binary QConv2d: packed (O, kh, kw, ceil(C/64)) weights, binary_conv2d with the folded epilogue."""
 
     kind = "binary_conv2d"
+    weight_ndim = 4  # (O, kh, kw, ceil(C/64))
 
     def __init__(self, weight_bits: np.ndarray, in_channels: int, epilogue: Epilogue, stride=(1, 1),
                  padding=(0, 0), pad_value: int = 0) -> None:
