@@ -5,13 +5,15 @@ Run from the repository root on an otherwise idle machine:
     python benchmarks/deploy.py                 # LeNet and ResNet-18, batch 1 and 64, 1 and 2 threads
     python benchmarks/deploy.py --quick         # smoke run (seconds): batch 1, 2 runs
     python benchmarks/deploy.py --models resnet18 --threads 1 --repeats 9 --json deploy.json
+    python benchmarks/deploy.py --models resnet18 --bits 1:1,2:1,2:2,4:4 --batches 64   # k-bit, issue 13
 
 Models (random weights, batch-norm statistics moved off their defaults):
 - lenet: minibnn.models.lenet() (binary conv2 and dense), input 1x28x28;
 - resnet18: minibnn.models.resnet18() (binary body with binary downsampling shortcuts, float
   stem and head), CIFAR input 3x32x32.
 Each is timed four ways, one call = one batch, float32 NCHW numpy in -> logits out:
-- packed: minibnn.deploy.convert(model) on the native backend (1-bit weights, folded batch norms);
+- packed: minibnn.deploy.convert(model) on the native backend (1-bit weights, folded batch norms;
+  with --bits a:w other than 1:1, k-bit layers on bit planes and the bit-serial arithmetic);
 - simulation: the binary model itself, model.eval() with autograd off (its binary layers also run
   on the native xnor kernels, but through float tensors and unfolded batch norms);
 - float32: the same architecture with act_bit = weight_bit = 32 in minibnn;
@@ -38,7 +40,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = bench_parser(__doc__, 5, "smoke run: batch 1, 2 repeats")
     p.add_argument("--models", default="lenet,resnet18", help="comma-separated: lenet, resnet18")
     p.add_argument("--batches", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--bits", default="1:1", help="comma-separated act_bit:weight_bit pairs of the packed model "
+                   "(default 1:1, binary; e.g. 1:1,2:1,2:2,4:4 for the bit-serial k-bit layers)")
     args = p.parse_args(argv)
+    try:
+        args.bit_pairs = [tuple(int(v) for v in pair.split(":")) for pair in args.bits.split(",")]
+        assert all(len(pair) == 2 for pair in args.bit_pairs)
+    except (ValueError, AssertionError):
+        p.error(f"--bits must be act_bit:weight_bit pairs such as 1:1,2:1, got {args.bits!r}")
     if args.quick:
         args.repeats, args.batches = 2, "1"
     if args.repeats < 1:
@@ -49,10 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build(name: str, bits: int):
+def build(name: str, act_bit: int, weight_bit: int | None = None):
     from minibnn import models
 
-    return models.lenet(bits, bits) if name == "lenet" else models.resnet18(act_bit=bits, weight_bit=bits)
+    weight_bit = act_bit if weight_bit is None else weight_bit
+    if name == "lenet":
+        return models.lenet(act_bit, weight_bit)
+    return models.resnet18(act_bit=act_bit, weight_bit=weight_bit)
 
 
 def randomize_stats(model, rng) -> None:
@@ -140,9 +152,9 @@ def measure(args) -> dict:
             torch = None
     rng = np.random.default_rng(0)
     rows = []
-    for name in args.models.split(","):
+    for name, (act_bit, weight_bit) in ((n, bits) for n in args.models.split(",") for bits in args.bit_pairs):
         minibnn.manual_seed(0)
-        binary, float32 = build(name, 1), build(name, 32)
+        binary, float32 = build(name, act_bit, weight_bit), build(name, 32)
         for m in (binary, float32):
             randomize_stats(m, rng)
             m.eval()
@@ -159,7 +171,9 @@ def measure(args) -> dict:
 
             methods = {"packed": lambda: packed.predict(x), "simulation": lambda: run(binary),
                        "float32": lambda: run(float32)}
-            checks = {"packed_exact": bool(np.array_equal(packed.predict(x), run(binary)))}
+            same = np.array_equal if (act_bit, weight_bit) == (1, 1) else \
+                (lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max()))  # k-bit: to rounding
+            checks = {"packed_exact": bool(same(packed.predict(x), run(binary)))}
             if mirror is not None:
                 tx = torch.from_numpy(x)
 
@@ -175,7 +189,7 @@ def measure(args) -> dict:
             for _ in range(args.repeats):
                 for k, fn in methods.items():
                     times[k].append(timed(fn))
-            row = {"model": name, "batch": batch, **checks}
+            row = {"model": name, "bits": f"{act_bit}:{weight_bit}", "batch": batch, **checks}
             row.update({f"{k}_ips": batch / statistics.median(ts) for k, ts in times.items()})
             rows.append(row)
     info = {"threads": threads, "numpy": np.__version__, "simd": backend.kernels().simd(),
@@ -186,13 +200,14 @@ def measure(args) -> dict:
 def report(result: dict) -> list[str]:
     info = result["info"]
     lines = [f"threads={info['threads']}  native simd={info['simd']}  torch={info['torch'] or 'not installed'}",
-             f"{'model':<9} {'batch':>5} {'packed':>9} {'simulation':>10} {'float32':>9} {'torch':>9}"
+             f"{'model':<9} {'a:w':>4} {'batch':>5} {'packed':>9} {'simulation':>10} {'float32':>9} {'torch':>9}"
              f" {'vs sim':>7} {'vs f32':>7} {'vs torch':>8} {'exact':>5}",
-             f"{'':<9} {'':>5} {'img/s':>9} {'img/s':>10} {'img/s':>9} {'img/s':>9}"]
+             f"{'':<9} {'bits':>4} {'':>5} {'img/s':>9} {'img/s':>10} {'img/s':>9} {'img/s':>9}"]
     for r in result["rows"]:
         torch_ips = f"{r['torch_ips']:9.1f}" if "torch_ips" in r else f"{'-':>9}"
         vs_torch = f"{r['packed_ips'] / r['torch_ips']:8.2f}" if "torch_ips" in r else f"{'-':>8}"
-        lines.append(f"{r['model']:<9} {r['batch']:>5} {r['packed_ips']:9.1f} {r['simulation_ips']:10.1f}"
+        lines.append(f"{r['model']:<9} {r.get('bits', '1:1'):>4} {r['batch']:>5} {r['packed_ips']:9.1f} "
+                     f"{r['simulation_ips']:10.1f}"
                      f" {r['float32_ips']:9.1f} {torch_ips} {r['packed_ips'] / r['simulation_ips']:7.2f}"
                      f" {r['packed_ips'] / r['float32_ips']:7.2f} {vs_torch}"
                      f" {'yes' if r['packed_exact'] else 'NO':>5}")
@@ -201,7 +216,8 @@ def report(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return bench_main(__file__, argv, args, measure, report, ["--batches", args.batches, "--models", args.models])
+    return bench_main(__file__, argv, args, measure, report,
+                      ["--batches", args.batches, "--models", args.models, "--bits", args.bits])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +33,7 @@ class LayerRow:
     float_macs: int
     float32_bytes: int
     packed_bytes: int
+    packed_as: str = ""  # how a Q-layer's weights are stored: words, bit planes, or float32 and why
 
 
 @dataclass
@@ -60,16 +60,17 @@ class Summary:
 
     def __str__(self) -> str:
         head = ("layer", "type", "output", "in bits", "w bits", "params", "binary MACs", "float MACs",
-                "float32", "packed")
+                "float32", "packed", "packed as")
         body = [(r.path or "(root)", r.type, "x".join(map(str, r.output_shape)), _bits(r.input_bits),
                  _bits(r.weight_bits), _count(r.params), _count(r.binary_macs), _count(r.float_macs),
-                 _size(r.float32_bytes), _size(r.packed_bytes)) for r in self.rows]
+                 _size(r.float32_bytes), _size(r.packed_bytes), r.packed_as) for r in self.rows]
         totals = ("total", "", "", "", "", _count(self.total("params")), _count(self.total("binary_macs")),
                   _count(self.total("float_macs")), _size(self.total("float32_bytes")),
-                  _size(self.total("packed_bytes")))
+                  _size(self.total("packed_bytes")), "")
         widths = [max(len(str(row[i])) for row in [head, totals, *body]) for i in range(len(head))]
         def line(row):
-            return "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+            return "  ".join(str(v).ljust(w) if i < 3 or i == len(row) - 1 else str(v).rjust(w)
+                             for i, (v, w) in enumerate(zip(row, widths))).rstrip()
         rule = "-" * len(line(head))
         out = [f"{self.name}: input (N, {', '.join(map(str, self.input_shape))})", line(head), rule,
                *map(line, body), rule, line(totals),
@@ -140,6 +141,20 @@ def _bits_of(m: Module) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _packed_as(m: Module, op) -> str:
+    """How the converter stored a Q-layer's weights, with the measured bits per weight."""
+    from minibnn.deploy import ops
+    from minibnn.deploy.convert import packing
+
+    if not isinstance(m, _QLayer) or op is None:
+        return ""
+    if isinstance(op, (ops.BinaryDense, ops.BinaryConv2d)):
+        return f"1-bit words, {8 * op.weight_bits.nbytes / m.weight.data.size:.2f} bits/weight"
+    if isinstance(op, (ops.BitSerialDense, ops.BitSerialConv2d)):
+        return f"{op.weight_bit}-bit planes, {8 * op.weight_planes.nbytes / m.weight.data.size:.2f} bits/weight"
+    return packing(m)
+
+
 def summary(model, input_shape=None, print_fn=print) -> Summary:
     """Print and return the summary of a Module or a PackedModel for one sample of ``input_shape``
     (default: the shape a PackedModel was converted for)."""
@@ -164,7 +179,8 @@ def summary(model, input_shape=None, print_fn=print) -> Summary:
         with warnings.catch_warnings():  # a float model is summarised too
             warnings.simplefilter("ignore", UserWarning)
             packed = deploy.convert(float_model)
-    packed_bytes = {path: op.nbytes for path, op in packed.layers()}
+    packed_ops = dict(packed.layers())
+    packed_bytes = {path: op.nbytes for path, op in packed_ops.items()}
     rows = []
     for path, m in float_model.named_modules():
         if m._modules:
@@ -175,7 +191,8 @@ def summary(model, input_shape=None, print_fn=print) -> Summary:
         stored += sum(getattr(m, b).size for b in m._buffers)
         rows.append(LayerRow(path, type(m).__name__, shapes.get(path, ()), *_bits_of(m),
                              sum(p.data.size for p in m._parameters.values() if p is not None),
-                             macs if binary else 0, 0 if binary else macs, 4 * stored, packed_bytes.get(path, 0)))
+                             macs if binary else 0, 0 if binary else macs, 4 * stored, packed_bytes.get(path, 0),
+                             _packed_as(m, packed_ops.get(path))))
     result = Summary(name, input_shape, rows, dict(getattr(packed, "files", {})))
     if print_fn is not None:
         print_fn(str(result))

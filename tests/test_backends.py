@@ -293,13 +293,14 @@ def test_checkpoint_moves_between_backends(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", OTHERS)
-@pytest.mark.parametrize("arch", ["lenet", "resnet18"])
+@pytest.mark.parametrize("arch", ["lenet", "resnet18", "lenet-2bit"])
 def test_packed_model_same_logits(name, arch):
     """A model trained (one step) on the backend, converted, predicts the same logits there and on numpy."""
-    shape = (1, 28, 28) if arch == "lenet" else (3, 16, 16)
+    shape = (1, 28, 28) if arch.startswith("lenet") else (3, 16, 16)
     with minibnn.using(name):
         minibnn.manual_seed(0)
-        model = models.lenet(channels=(16, 32)) if arch == "lenet" else models.resnet18(width=8)
+        bits = 2 if arch.endswith("2bit") else 1  # 2 bits: the bit-serial layers (issue 13)
+        model = models.lenet(bits, bits, channels=(16, 32)) if arch.startswith("lenet") else models.resnet18(width=8)
         x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
         opt = optim.Adam(model.parameters(), lr=1e-2)
         loss = F.cross_entropy(model(Tensor(x)), np.arange(4))

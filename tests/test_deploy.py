@@ -394,13 +394,14 @@ def test_a_model_without_binary_layers_converts_to_a_float_copy_with_a_warning()
     model = models.lenet(act_bit=32, weight_bit=32)
     randomize_stats(model)
     x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
-    with pytest.warns(UserWarning, match="no binary layer"):
+    with pytest.warns(UserWarning, match="no binary or bit-serial layer"):
         packed = deploy.convert(model)
     np.testing.assert_array_equal(packed(x), simulate(model, x))
 
 
-def test_k_bit_layers_keep_their_quantized_weights():
-    model = models.lenet(act_bit=2, weight_bit=3)
+def test_mixed_q_layers_keep_their_quantized_weights():
+    """1-bit input with 3-bit weights has no packed path: float32 weights, the float simulation's output."""
+    model = models.lenet(act_bit=1, weight_bit=3)
     randomize_stats(model)
     x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
     with warnings.catch_warnings():

@@ -9,7 +9,10 @@ Every leaf module of the model becomes one packed op (minibnn.deploy.ops):
   same kind, which binarizes the output again, the epilogue + sign become an integer threshold
   per channel, found by evaluating the float32 epilogue on every possible dot value, so the packed
   bits equal the float simulation's signs exactly;
-- k-bit Q-layers keep their quantized float32 weights; every other leaf is kept as it is.
+- k-bit Q-layers with act_bit 2..8 and weight_bit 1..8 become BitSerialDense / BitSerialConv2d
+  (weight levels as weight_bit bit planes, exact bit-serial popcount arithmetic); other k-bit or
+  mixed Q-layers keep their quantized float32 weights (``packing`` says which and why); every
+  other leaf is kept as it is.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from typing import NamedTuple
 import numpy as np
 
 from minibnn import random
+from minibnn.backend import bitserial
 from minibnn.backend import numpy_ref as ref
 from minibnn.backend import to_numpy
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
-from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, Epilogue, FloatLayer, Folded, PackedOp,
-                                QuantizedLayer)
+from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, Epilogue, FloatLayer,
+                                Folded, PackedOp, QuantizedLayer)
 from minibnn.functional.norm import eval_affine
 from minibnn.nn.layers import BatchNorm1d, BatchNorm2d, Sequential
 from minibnn.nn.module import Module, from_config
@@ -168,6 +172,34 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def packing(layer: _QLayer) -> str:
+    """How the converter stores a Q-layer: 'binary' (1 bit per weight, xnor/popcount), 'bitserial'
+    (weight_bit planes, bit-serial popcount), or 'float32' with the reason (no packed path)."""
+    if layer.is_binary:
+        return "binary"
+    if layer.is_bitserial:
+        return "bitserial"
+    if 2 <= layer.act_bit <= 8 and 1 <= layer.weight_bit <= 8:
+        return "float32: its integer sums K (2^a - 1)(2^b - 1) would pass int32 (fewer inputs or bits)"
+    return (f"float32: no packed path for act_bit {layer.act_bit} with weight_bit {layer.weight_bit} "
+            f"(bit-serial needs act_bit 2..8 and weight_bit 1..8)")
+
+
+def _bitserial_op(layer: _QLayer) -> PackedOp:
+    """Weight levels r = (2^b - 1) (wq + 1) / 2 of the DoReFa weights, packed into b planes."""
+    top = 2**layer.weight_bit - 1
+    wq = to_numpy(layer.quantized_weight().data).astype(np.float64)
+    levels = np.rint((wq + 1) / 2 * top)  # exact integers: wq = (2r - top) / top up to float32 rounding
+    alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
+    bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
+    if isinstance(layer, QDense):
+        planes = bitserial.pack_planes(levels, layer.weight_bit, axis=1, table=ref)
+        return BitSerialDense(planes, layer.in_features, layer.act_bit, alpha, bias)
+    planes = bitserial.pack_planes(levels.transpose(0, 2, 3, 1), layer.weight_bit, axis=-1, table=ref)
+    return BitSerialConv2d(planes, layer.in_channels, layer.act_bit, alpha, bias, _pair(layer.stride),
+                           layer.padding, layer.pad_value)
+
+
 def _quantized_op(layer: _QLayer) -> QuantizedLayer:
     wq = to_numpy(layer.quantized_weight().data).astype(np.float32)
     alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
@@ -218,13 +250,14 @@ def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str
         elif path in folded:
             op = Folded()
         elif isinstance(leaf, _QLayer):
-            op = _quantized_op(leaf)
+            op = _bitserial_op(leaf) if packing(leaf) == "bitserial" else _quantized_op(leaf)
         else:
             op = FloatLayer(_float_copy(leaf))
         root = replace_leaf(root, path, op)
-    if not plan:
-        warnings.warn(f"{name}: the model has no binary layer (act_bit = weight_bit = 1); the packed model "
-                      "is an unchanged float copy", UserWarning, stacklevel=2)
+    if not any(isinstance(op, (BinaryDense, BinaryConv2d, BitSerialDense, BitSerialConv2d))
+               for _, op in PackedModel(root, {}).layers()):
+        warnings.warn(f"{name}: the model has no binary or bit-serial layer (act_bit / weight_bit in 1..8); the "
+                      "packed model is an unchanged float copy", UserWarning, stacklevel=2)
     packed = PackedModel(root, model.to_config(), input_shape, name)
     if input_shape is not None:
         verify(model, packed, input_shape)

@@ -17,7 +17,8 @@ from minibnn.backend import numpy_ref as ref
 from minibnn import random
 from minibnn.deploy.convert import Fold, fold_plan
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
-from minibnn.deploy.ops import OPS, BinaryConv2d, BinaryDense, FloatLayer, Folded, PackedOp, QuantizedLayer
+from minibnn.deploy.ops import (OPS, BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, FloatLayer, Folded,
+                                PackedOp, QuantizedLayer)
 from minibnn.io import ModelFileError, read_pair, split_path, write_pair
 from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import QConv2d, _QLayer
@@ -143,16 +144,23 @@ def _mismatch(op: PackedOp, leaf: Module, fold: Fold | None, folded: bool) -> st
             return "it emits packed bits but the next layer does not binarize them"
         got = (op.out_channels, op.in_channels, *op.weight_bits.shape[1:3]) if conv else \
             (op.out_channels, op.in_channels)
-    else:  # QuantizedLayer
+    else:  # QuantizedLayer, BitSerialDense, BitSerialConv2d
         if fold is not None:
-            return "a quantized float layer where the architecture's layer is binary"
-        if (op.layer == "conv") != conv:
+            return "a k-bit layer where the architecture's layer is binary"
+        bitserial = isinstance(op, (BitSerialDense, BitSerialConv2d))
+        if (isinstance(op, BitSerialConv2d) if bitserial else op.layer == "conv") != conv:
             return f"{'conv' if conv else 'dense'} layer expected"
         if op.act_bit != leaf.act_bit:
             return f"act_bit {op.act_bit}, the architecture says {leaf.act_bit}"
+        if bitserial and op.weight_bit != leaf.weight_bit:
+            return f"weight_bit {op.weight_bit}, the architecture says {leaf.weight_bit}"
         if (op.alpha is not None) != (leaf.scaling == "channel") or (op.bias is not None) != (leaf.bias is not None):
             return "its alpha / bias do not match the architecture's scaling / bias"
-        got = tuple(op.weight.shape)
+        if bitserial:
+            got = (op.out_channels, op.in_channels, *op.weight_planes.shape[2:4]) if conv else \
+                (op.out_channels, op.in_channels)
+        else:
+            got = tuple(op.weight.shape)
     if got != tuple(leaf.weight.shape):
         return f"weights {got}, the architecture says {tuple(leaf.weight.shape)}"
     if conv and (tuple(op.stride), tuple(op.padding), op.pad_value) != (_pair(leaf.stride), tuple(leaf.padding),
@@ -203,4 +211,12 @@ def _check_quantized(op: QuantizedLayer) -> None:
         raise ValueError(f"pad_value must be 0, 1 or -1, got {op.pad_value!r}")
 
 
-CHECKS = {BinaryDense: _check_binary, BinaryConv2d: _check_binary, QuantizedLayer: _check_quantized}
+def _check_bitserial(op) -> None:
+    """alpha and bias fit the outputs (the planes were checked when the op was built)."""
+    for name in ("alpha", "bias"):
+        if getattr(op, name) is not None:
+            _check_vector(name, getattr(op, name), op.out_channels, np.float32)
+
+
+CHECKS = {BinaryDense: _check_binary, BinaryConv2d: _check_binary, QuantizedLayer: _check_quantized,
+          BitSerialDense: _check_bitserial, BitSerialConv2d: _check_bitserial}

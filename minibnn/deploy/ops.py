@@ -9,8 +9,11 @@ the batch norm folded into it) computes in evaluation mode:
   ``y * post_scale + post_shift`` (a folded batch norm when alpha or a bias come first). When the
   next layer binarizes the result again, the whole epilogue and the sign become an integer
   threshold per channel and the op emits packed bits (``Bits``) straight to that layer.
-- ``QuantizedLayer``: a k-bit (or mixed) Q-layer; its weights are stored as their quantized
-  float32 values (what the forward pass uses), not the latent weights.
+- ``BitSerialDense`` / ``BitSerialConv2d``: a k-bit Q-layer (act_bit 2..8, weight_bit 1..8) with
+  its weight levels as bit planes (weight_bit bits per weight), computed exactly in integers by the
+  bit-serial popcount arithmetic (minibnn.backend.bitserial), then scaled back to float.
+- ``QuantizedLayer``: any other k-bit or mixed Q-layer (e.g. 1-bit input with 4-bit weights, or
+  wider than 8 bits); its weights are stored as their quantized float32 values, not the latent ones.
 - ``FloatLayer``: any other leaf (float conv/dense, batch norm, pooling, activations), run
   unchanged with autograd off.
 - ``Folded``: a batch norm whose work moved into the binary layer before it.
@@ -23,6 +26,7 @@ import numpy as np
 
 from minibnn import backend
 from minibnn import functional as F
+from minibnn.backend import bitserial
 from minibnn.backend import numpy_ref as ref
 from minibnn.autograd import Tensor, no_grad
 from minibnn.nn.module import Module, from_config
@@ -352,9 +356,145 @@ class BinaryConv2d(_BinaryOp):
                    _config_pair(config, "stride", 1), _config_pair(config, "padding", 0), _config_pad_value(config))
 
 
+class _BitSerialOp(PackedOp):
+    """Shared parts of BitSerialDense and BitSerialConv2d: a k-bit Q-layer on bit planes (issue 13).
+
+    The input is quantized to integer levels q = round(clip(x, 0, 1) * (2^a - 1)) exactly as the
+    float simulation's quantize_activation does, packed into ``act_bit`` planes, and multiplied
+    with the ``weight_bit`` planes of the weight levels r (DoReFa: w = (2r - (2^b - 1)) / (2^b - 1))
+    by minibnn.backend.bitserial, exactly in integers. The float output is
+    dot / ((2^a - 1) (2^b - 1)) [* alpha] [+ bias], the simulation's value up to float32 rounding.
+    """
+
+    weight_ndim = 3  # (b, O, ceil(K/64)); 5 for convolutions
+
+    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int, alpha=None, bias=None) -> None:
+        super().__init__()
+        self.weight_planes, self.in_channels, self.act_bit = weight_planes, int(in_channels), int(act_bit)
+        self.alpha, self.bias = alpha, bias
+        ref.check_int("act_bit", act_bit, 2, 8)
+        ref.check_int("input channels" if self.weight_ndim == 5 else "in_features", self.in_channels, 1)
+        ref.check_array("weight_planes", weight_planes, np.uint64, self.weight_ndim, "bit planes of the weights")
+        if not 1 <= weight_planes.shape[0] <= 8 or weight_planes.shape[-1] != ref.n_words(self.in_channels):
+            raise ValueError(f"weight_planes of shape {weight_planes.shape}: 1 to 8 planes of "
+                             f"{ref.n_words(self.in_channels)} words per row expected for {self.in_channels} inputs")
+        ref.check_tail("weight_planes", weight_planes, self.in_channels)  # once here: the kernels skip the scan
+        object.__setattr__(self, "_offsets", {})  # input geometry -> the weight-only term (host, int32)
+
+    def _offset(self, key, compute):
+        """The bit-serial weight-only term for this input geometry: computed once on the host (no GPU
+        sync), then copied to the backend once like the other stored arrays."""
+        if key not in self._offsets:
+            self._offsets[key] = compute()
+        return self.placed(self._offsets[key])
+
+    @property
+    def weight_bit(self) -> int:
+        return int(self.weight_planes.shape[0])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight_planes.shape[1])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"weight_planes": self.weight_planes}
+        out.update({k: v for k, v in (("alpha", self.alpha), ("bias", self.bias)) if v is not None})
+        return out
+
+    def _levels(self, x):
+        """The input's activation levels, as the float simulation rounds them (float32, integers)."""
+        xp = backend.get_array_module(x)
+        return xp.round(xp.clip(x.astype(np.float32, copy=False), 0, 1) * (2**self.act_bit - 1))
+
+    def _float(self, dot):
+        """dot / ((2^a - 1) (2^b - 1)), then alpha and bias, channels last, float32."""
+        y = dot.astype(np.float32) / np.float32((2**self.act_bit - 1) * (2**self.weight_bit - 1))
+        if self.alpha is not None:
+            y = y * self.placed(self.alpha)
+        if self.bias is not None:
+            y = y + self.placed(self.bias)
+        return y
+
+    def forward(self, x):
+        x = _floats(x, self)
+        try:
+            return self._run(x)
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+
+    @classmethod
+    def _from(cls, config: dict, arrays: dict[str, np.ndarray], **extra) -> "_BitSerialOp":
+        inputs = "in_channels" if cls.weight_ndim == 5 else "in_features"
+        return cls(arrays["weight_planes"], _config_int(config, inputs, 1), _config_int(config, "act_bit", 2, 8),
+                   arrays.get("alpha"), arrays.get("bias"), **extra)
+
+
+class BitSerialDense(_BitSerialOp):
+    """A k-bit QDense (act_bit 2..8, weight_bit 1..8): weight bit planes, a bit-serial GEMM."""
+
+    kind = "bitserial_dense"
+
+    def _run(self, x):
+        if x.ndim != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expects input (N, {self.in_channels}), got {tuple(x.shape)}")
+        planes = bitserial.pack_planes(self._levels(x), self.act_bit, axis=1, check=False)
+        out = backend.xp().empty((x.shape[0], self.out_channels), np.int32)
+        offset = self._offset((), lambda: bitserial.gemm_offset(self.weight_planes, self.in_channels, self.act_bit,
+                                                                table=ref))
+        bitserial.bitserial_gemm(planes, self.placed(self.weight_planes), self.in_channels, out, check_tails=False,
+                                 offset=offset)
+        return self._float(out)
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_channels, "act_bit": self.act_bit}
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BitSerialDense":
+        return cls._from(config, arrays)
+
+
+class BitSerialConv2d(_BitSerialOp):
+    """A k-bit QConv2d (act_bit 2..8, weight_bit 1..8): weight bit planes (b, O, kh, kw, ceil(C/64)),
+    a bit-serial convolution on channel-packed activation planes, all three pad values exact."""
+
+    kind = "bitserial_conv2d"
+    weight_ndim = 5
+
+    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int, alpha=None, bias=None,
+                 stride=(1, 1), padding=(0, 0), pad_value: int = 0) -> None:
+        super().__init__(weight_planes, in_channels, act_bit, alpha, bias)
+        self.stride, self.padding, self.pad_value = tuple(stride), tuple(padding), int(pad_value)
+
+    def _run(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        planes = bitserial.pack_planes(self._levels(x).transpose(0, 2, 3, 1), self.act_bit, axis=-1, check=False)
+        kh, kw = self.weight_planes.shape[2:4]
+        oh, ow = ref.conv_output_hw(x.shape[2:], (kh, kw), self.stride, self.padding)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is smaller than the kernel {kh}x{kw} "
+                             f"with padding {self.padding}")
+        out = backend.xp().empty((x.shape[0], oh, ow, self.out_channels), np.int32)
+        offset = self._offset(tuple(x.shape[2:]), lambda: bitserial.conv_offset(
+            self.weight_planes, self.act_bit, self.in_channels, x.shape[2:], self.stride, self.padding,
+            self.pad_value, table=ref))
+        bitserial.bitserial_conv2d(planes, self.placed(self.weight_planes), self.in_channels, self.stride,
+                                   self.padding, self.pad_value, out, check_tails=False, offset=offset)
+        return self._float(out).transpose(0, 3, 1, 2)  # NCHW view of channels-last memory
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "act_bit": self.act_bit, "stride": list(self.stride),
+                "padding": list(self.padding), "pad_value": self.pad_value}
+
+    @classmethod
+    def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BitSerialConv2d":
+        return cls._from(config, arrays, stride=_config_pair(config, "stride", 1),
+                         padding=_config_pair(config, "padding", 0), pad_value=_config_pad_value(config))
+
+
 def _epilogue_from(arrays: dict[str, np.ndarray]) -> Epilogue:
     return Epilogue(**{k: arrays.get(k) for k in Epilogue._fields})
 
 
 OPS: dict[str, type[PackedOp]] = {cls.kind: cls for cls in (FloatLayer, Folded, QuantizedLayer, BinaryDense,
-                                                            BinaryConv2d)}
+                                                            BinaryConv2d, BitSerialDense, BitSerialConv2d)}

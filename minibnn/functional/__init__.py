@@ -1,6 +1,6 @@
 """Differentiable operations (import as ``F``): one Function class + a lowercase wrapper each."""
 from minibnn.functional.activation import hardtanh, log_softmax, relu, sigmoid, softmax, tanh
-from minibnn.functional.binary import xnor_conv2d, xnor_linear
+from minibnn.functional.binary import kbit_conv2d, kbit_linear, xnor_conv2d, xnor_linear
 from minibnn.functional.conv import conv2d
 from minibnn.functional.dropout import dropout
 from minibnn.functional.linear import linear
@@ -12,7 +12,8 @@ from minibnn.functional.shape import flatten, getitem, pad2d, reshape, transpose
 
 __all__ = [
     "abs", "add", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy", "div", "dropout", "exp",
-    "flatten", "getitem", "global_avg_pool2d", "hardtanh", "linear", "log", "log_softmax", "matmul",
+    "flatten", "getitem", "global_avg_pool2d", "hardtanh", "kbit_conv2d", "kbit_linear", "linear", "log",
+    "log_softmax", "matmul",
     "max", "max_pool2d", "mean", "mul", "neg", "pad2d", "power", "relu", "reshape", "sigmoid",
     "softmax", "sub", "sum", "tanh", "transpose", "xnor_conv2d", "xnor_linear",
 ]

@@ -1,10 +1,15 @@
-"""Binary layers on the backend's popcount kernels: exact forward, straight-through backward.
+"""Binary and k-bit layers: exact integer forward, straight-through backward.
 
 The inputs are already +-1 (the Q-layer applied its sign / STE quantizers). The forward
 pass packs them into bits and runs the backend's ``xnor_gemm`` / ``binary_conv2d``; the
 integer results equal the float products of the +-1 tensors exactly (sums of +-1 are
 integers below 2^24). The backward pass is the float one of linear / conv2d on the same
 +-1 tensors, so training and packed inference share their kernels.
+
+k-bit layers (act_bit 2..8, weight_bit 1..8) take quantized values n / (2^k - 1); their forward pass
+computes the integer dot of the n's exactly (a float matmul or convolution of integers, float64 where
+float32 could round) and scales it once, which is what the packed bit-serial layers compute with
+popcounts (minibnn.backend.bitserial): packed k-bit inference equals the simulation bit for bit.
 """
 from __future__ import annotations
 
@@ -75,6 +80,67 @@ class XnorConv2d(Function):
             (ph, pw), (h, w) = self.padding, self.xq.shape[2:]
             gx = gx[:, :, ph : ph + h, pw : pw + w]
         return gx, gw
+
+
+# ---------------------------------------------------------------- k-bit layers: exact integer forward
+
+def _integers(a, levels: int, dtype):
+    """The integers behind quantized values a = n / levels (exact: a * levels is within rounding of n)."""
+    return backend.get_array_module(a).rint(a * levels).astype(dtype, copy=False)
+
+
+def _exact_dtype(k: int, la: int, lb: int):
+    """float32 sums of integer products are exact below 2^24; beyond that float64 (exact below 2^53)."""
+    return np.float32 if k * la * lb < 2**24 else np.float64
+
+
+class KbitLinear(XnorLinear):
+    """y = xq @ wq.T for k-bit xq = q / (2^a - 1) and DoReFa wq = s / (2^b - 1), computed exactly.
+
+    D = q @ s.T is an integer (a float matmul of the integers, exact), then y = D / ((2^a - 1)
+    (2^b - 1)) rounded once: the value the packed bit-serial layer computes from the same D. The
+    backward pass is linear's, on xq and wq (straight through), as for the binary layers.
+    """
+
+    def __init__(self, act_bit: int, weight_bit: int):
+        self.la, self.lb = 2**act_bit - 1, 2**weight_bit - 1
+
+    def forward(self, xq, wq):
+        check_shapes(xq, wq)
+        dtype = _exact_dtype(xq.shape[1], self.la, self.lb)
+        d = _integers(xq, self.la, dtype) @ _integers(wq, self.lb, dtype).T
+        self.xq, self.wq = xq, wq
+        return d.astype(xq.dtype) / xq.dtype.type(self.la * self.lb)
+
+
+class KbitConv2d(XnorConv2d):
+    """The k-bit convolution of xq (NCHW) and DoReFa wq, exact as KbitLinear; pad_value pads xq."""
+
+    def __init__(self, stride, padding, pad_value: int, act_bit: int, weight_bit: int):
+        super().__init__(stride, padding, pad_value)
+        self.la, self.lb = 2**act_bit - 1, 2**weight_bit - 1
+
+    def forward(self, xq, wq):
+        Conv2d(self.stride, self.padding, 1, 1)._check(xq, wq, None)
+        dtype = _exact_dtype(wq[0].size, self.la, self.lb)
+        q, s = _integers(xq, self.la, dtype), _integers(wq, self.lb, dtype)
+        if self.pad_value == 0:  # zero padding is level 0
+            d = Conv2d(self.stride, self.padding, 1, 1).forward(q, s)
+        else:  # the float simulation pads xq with +-1, i.e. the integers with +-(2^a - 1)
+            d = Conv2d(self.stride, 0, 1, 1).forward(pad_spatial(q, self.padding, self.pad_value * self.la), s)
+        self.xq, self.wq = xq, wq
+        return d.astype(xq.dtype) / xq.dtype.type(self.la * self.lb)
+
+
+def kbit_linear(xq, wq, act_bit: int, weight_bit: int) -> Tensor:
+    """k-bit xq @ wq.T with an exact integer forward (see KbitLinear), straight-through backward."""
+    return KbitLinear.apply(xq, wq, act_bit=act_bit, weight_bit=weight_bit)
+
+
+def kbit_conv2d(xq, wq, act_bit: int, weight_bit: int, stride=1, padding=0, pad_value: int = 0) -> Tensor:
+    """k-bit convolution with an exact integer forward (see KbitLinear), padded with pad_value."""
+    return KbitConv2d.apply(xq, wq, stride=stride, padding=padding, pad_value=pad_value, act_bit=act_bit,
+                            weight_bit=weight_bit)
 
 
 def xnor_linear(xq, wq) -> Tensor:

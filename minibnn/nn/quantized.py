@@ -11,7 +11,7 @@ from __future__ import annotations
 from minibnn import functional as F
 from minibnn import quantize as Q
 from minibnn.autograd import Tensor
-from minibnn.functional.binary import xnor_conv2d, xnor_linear
+from minibnn.functional.binary import kbit_conv2d, kbit_linear, xnor_conv2d, xnor_linear
 from minibnn.functional.conv import pair
 from minibnn.nn import init
 from minibnn.nn.module import Module, Parameter
@@ -69,6 +69,14 @@ class _QLayer(Module):
         return self.act_bit == 1 and self.weight_bit == 1
 
     @property
+    def is_bitserial(self) -> bool:
+        """True for a k-bit layer the bit-serial popcount path takes: act_bit 2..8, weight_bit 1..8, and
+        its integer sums K (2^a - 1)(2^b - 1) within int32; its forward pass is then exact in integers."""
+        fan_in = self.weight.data.size // self.weight.shape[0]
+        return (2 <= self.act_bit <= 8 and 1 <= self.weight_bit <= 8
+                and fan_in * (2**self.act_bit - 1) * (2**self.weight_bit - 1) < 2**31)
+
+    @property
     def in_size(self) -> int:
         """Input features (QDense) or channels (QConv2d)."""
         return int(self.weight.shape[1])
@@ -105,7 +113,12 @@ class QDense(_QLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         xq, wq = _quantize_input(x, self.act_bit), self.quantized_weight()
-        y = xnor_linear(xq, wq) if self.is_binary else F.linear(xq, wq)
+        if self.is_binary:
+            y = xnor_linear(xq, wq)
+        elif self.is_bitserial:
+            y = kbit_linear(xq, wq, self.act_bit, self.weight_bit)
+        else:
+            y = F.linear(xq, wq)
         return self._epilogue(y)
 
 
@@ -131,6 +144,9 @@ class QConv2d(_QLayer):
         xq = _quantize_input(x, self.act_bit)
         if self.is_binary:  # packed bits on the backend's popcount kernels, exact
             y = xnor_conv2d(xq, self.quantized_weight(), self.stride, self.padding, self.pad_value)
+        elif self.is_bitserial:  # exact integer sums, as the packed bit-serial layer computes them
+            y = kbit_conv2d(xq, self.quantized_weight(), self.act_bit, self.weight_bit, self.stride, self.padding,
+                            self.pad_value)
         elif self.pad_value == 0:
             y = F.conv2d(xq, self.quantized_weight(), stride=self.stride, padding=self.padding)
         else:  # pad the quantized input with +-1 before a padding-free convolution
