@@ -293,14 +293,16 @@ def test_checkpoint_moves_between_backends(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", OTHERS)
-@pytest.mark.parametrize("arch", ["lenet", "resnet18", "lenet-2bit"])
+@pytest.mark.parametrize("arch", ["lenet", "resnet18", "lenet-2bit", "mlp-2bit"])
 def test_packed_model_same_logits(name, arch):
     """A model trained (one step) on the backend, converted, predicts the same logits there and on numpy."""
-    shape = (1, 28, 28) if arch.startswith("lenet") else (3, 16, 16)
+    shape = (3, 16, 16) if arch == "resnet18" else (1, 28, 28)
     with minibnn.using(name):
         minibnn.manual_seed(0)
         bits = 2 if arch.endswith("2bit") else 1  # 2 bits: the bit-serial layers (issue 13)
-        model = models.lenet(bits, bits, channels=(16, 32)) if arch.startswith("lenet") else models.resnet18(width=8)
+        model = {"lenet": lambda: models.lenet(bits, bits, channels=(16, 32)), "resnet18": lambda: models.resnet18(width=8),
+                 "mlp": lambda: models.binary_mlp(hidden=(64, 96, 70), act_bit=bits, weight_bit=bits),  # planes fold
+                 }[arch.split("-")[0]]()
         x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
         opt = optim.Adam(model.parameters(), lr=1e-2)
         loss = F.cross_entropy(model(Tensor(x)), np.arange(4))

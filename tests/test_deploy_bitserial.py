@@ -153,3 +153,73 @@ def test_trained_2_bit_lenet_gives_the_same_classes_on_mnist():
     want = train.predict(model, norm(xt), batch_size=500)
     assert (got == want).all(), f"{int((got != want).sum())} of 10,000 classes differ"
     assert (got == yt).mean() > 0.95
+
+
+# ---------------------------------------------------------------- folding into the next layer's planes
+
+@pytest.mark.parametrize("name", CPU)
+@pytest.mark.parametrize("a, b", [(2, 1), (2, 2), (3, 2), (4, 4), (6, 3)])
+def test_k_bit_chains_fold_batch_norm_into_the_next_layer_s_planes(name, a, b):
+    """QDense -> BN -> QDense (binary_mlp) and QConv -> BN -> QConv (vgg_small): the first layer emits the
+    second's bit planes through integer thresholds (up to 4 bits; wider inputs get a float output);
+    the logits equal the simulation's bit for bit."""
+    for model, shape in ((models.binary_mlp(hidden=(64, 96, 80, 70), act_bit=a, weight_bit=b), (1, 28, 28)),
+                         (models.vgg_small(act_bit=a, weight_bit=b, width=8, image_size=16), (3, 16, 16))):
+        randomize_stats(model)  # negative scales (falling levels) and integer means included
+        x = _rng_input((5, *shape), seed=a * b)
+        with minibnn.using(name):
+            packed = _convert(model, shape)
+            got = packed.predict(x)
+        planes = [op.emits_planes for _, op in packed.layers() if isinstance(op, (BitSerialDense, BitSerialConv2d))]
+        assert planes.count(a if a <= 4 else 0) >= 2 and planes.count(0) >= 1, planes
+        np.testing.assert_array_equal(got, simulate(model, x))
+
+
+@pytest.mark.parametrize("a, b, top", [(2, 1, 3), (2, 2, 1), (3, 3, 7), (4, 2, 15)])
+def test_level_thresholds_give_every_dot_its_level_ties_included(a, b, top):
+    """Every possible dot of a small layer, every kind of channel (rising, falling, constant, on ties):
+    levels_from_thresholds == the next layer's level of the float32 epilogue, counted directly."""
+    from minibnn.backend import bitserial
+    from minibnn.backend import numpy_ref as ref
+    from minibnn.deploy.convert import kbit_values, level_thresholds, next_levels
+    from minibnn.deploy.ops import KbitEpilogue
+
+    k, o = 5, 9
+    bound = k * (2**a - 1) * (2**b - 1)
+    rng = np.random.default_rng(top)
+    scale = rng.normal(0, 0.6, o).astype(np.float32)
+    scale[0], scale[1] = 0, -abs(scale[1])                    # constant and falling channels
+    shift = rng.normal(0.5, 0.5, o).astype(np.float32)
+    bias = rng.normal(0, 0.2, o).astype(np.float32)
+    scale[2], shift[2], bias[2] = 0.3, 0.5, 0                 # dot 0 gives exactly 0.5: top / 2 is a .5 tie
+    e = KbitEpilogue(bias=bias, post_scale=scale, post_shift=shift)
+    thresholds, rising = level_thresholds(e, a, b, k, top, o)
+    dots = np.arange(-bound, bound + 1, dtype=np.int64)
+    want = next_levels(kbit_values(e, np.broadcast_to(dots, (o, dots.size)), a, b), top).T  # (dots, O)
+    got = bitserial.levels_from_thresholds(np.ascontiguousarray(np.broadcast_to(dots[:, None], (dots.size, o)),
+                                                                dtype=np.int32),
+                                           thresholds, rising, table=ref)
+    np.testing.assert_array_equal(got, want)
+    scaled = np.clip(kbit_values(e, dots[None, :], a, b)[2], 0, 1) * np.float32(top)
+    assert np.any(scaled - np.floor(scaled) == 0.5)  # channel 2 has exact .5 ties of the rounding: covered above
+    assert not rising[0] and not rising[1] and rising[2]
+    e_nan = e._replace(post_scale=np.where(np.arange(o) == 3, np.nan, scale).astype(np.float32))
+    assert level_thresholds(e_nan, a, b, k, top, o) is None  # not finite: no fold
+
+
+def test_folded_k_bit_model_round_trips_and_version_1_files_still_load(tmp_path):
+    import json
+
+    model = models.binary_mlp(hidden=(64, 96, 70), act_bit=2, weight_bit=2)
+    randomize_stats(model)
+    packed = _convert(model, (1, 28, 28))
+    path = packed.save(tmp_path / "mlp")
+    assert json.loads(path.read_text())["version"] == 2
+    x = _rng_input((4, 1, 28, 28))
+    np.testing.assert_array_equal(deploy.load(tmp_path / "mlp").predict(x), packed.predict(x))
+    binary = _convert(models.binary_mlp(hidden=(64, 96, 70)), (1, 28, 28))  # unchanged by version 2
+    path = binary.save(tmp_path / "v1")
+    header = json.loads(path.read_text())
+    header["version"] = 1
+    path.write_text(json.dumps(header))
+    np.testing.assert_array_equal(deploy.load(tmp_path / "v1").predict(x), binary.predict(x))

@@ -27,7 +27,7 @@ from minibnn.backend import numpy_ref as ref
 from minibnn.backend import to_numpy
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
 from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, Epilogue, FloatLayer,
-                                Folded, PackedOp, QuantizedLayer)
+                                Folded, KbitEpilogue, PackedOp, QuantizedLayer)
 from minibnn.functional.norm import eval_affine
 from minibnn.nn.layers import BatchNorm1d, BatchNorm2d, Sequential
 from minibnn.nn.module import Module, from_config
@@ -35,18 +35,36 @@ from minibnn.nn.quantized import QActivation, QDense, _alpha, _QLayer
 
 
 class Fold(NamedTuple):
-    """What the converter does after a binary layer: the batch norm it absorbs, whether it emits bits,
-    and the QActivation(act_bit=1) layers between it and the next binary layer that become no-ops
-    (sign of a sign changes nothing) so that the bits pass through them."""
+    """What the converter does after a binary or bit-serial layer: the batch norm it absorbs, whether it
+    emits bits, the QActivation(act_bit=1) layers between it and the next binary layer that become
+    no-ops (sign of a sign changes nothing) so that the bits pass through them, and for a bit-serial
+    layer whose output feeds another one the number of bit planes it emits (0: float output)."""
 
     bn: str | None
     emits_bits: bool
     skipped: tuple[str, ...] = ()
+    planes: int = 0
+
+
+MAX_FOLDED_PLANES = 4  # a fold to more next-layer bits would compare every dot with up to 255 thresholds
 
 
 def is_binary(m: Module) -> bool:
     """A Q-layer whose input and weights are both 1 bit."""
     return isinstance(m, _QLayer) and m.is_binary
+
+
+def is_bitserial(m: Module) -> bool:
+    """A k-bit Q-layer the converter packs into bit planes (see _QLayer.is_bitserial)."""
+    return isinstance(m, _QLayer) and m.is_bitserial
+
+
+def _feeds_planes(a: Module, b: Module | None) -> int:
+    """The bits of the planes bit-serial ``a`` emits straight into bit-serial ``b`` (0: no fold)."""
+    if is_bitserial(a) and is_bitserial(b) and type(a) is type(b) and b.in_size == a.out_size \
+            and b.act_bit <= MAX_FOLDED_PLANES:
+        return b.act_bit
+    return 0
 
 
 def _bn_for(layer: Module, bn: Module | None) -> bool:
@@ -64,35 +82,44 @@ def _is_sign(m: Module | None) -> bool:
     return isinstance(m, QActivation) and m.act_bit == 1
 
 
-def fold_plan(model: Module) -> dict[str, Fold]:
-    """For each binary layer (by dotted path): the batch norm folded into it and whether it emits bits.
+def fold_plan(model: Module, bitserial: bool = True) -> dict[str, Fold]:
+    """For each binary or bit-serial layer (by dotted path): the batch norm folded into it and whether it
+    emits bits (binary) or the next layer's bit planes (bit-serial, ``planes`` bits).
 
     Only structures whose data flow is known are folded: a plain Sequential (each layer feeds the
     next), and the (layer, batch norm) pairs a module class declares in its own ``fold_pairs``
     next to its own ``forward`` (a subclass with another forward declares its own or none).
+    ``bitserial=False``: the plan of packed files of version 1, whose k-bit layers stayed float32.
     """
-    plan = {path: Fold(None, False) for path, m in model.named_modules() if is_binary(m)}
+    def _folds(m: Module) -> bool:
+        return is_binary(m) or (bitserial and is_bitserial(m))
+
+    plan = {path: Fold(None, False) for path, m in model.named_modules() if _folds(m)}
     for path, m in model.named_modules():
         prefix = f"{path}." if path else ""
         if type(m) is Sequential:
             names, layers = list(m._modules), list(m._modules.values())
             for i, layer in enumerate(layers):
-                if not is_binary(layer):
+                if not _folds(layer):
                     continue
                 j = i + 1
                 bn = layers[j] if j < len(layers) and _bn_for(layer, layers[j]) else None
                 j += bn is not None
+                bn_path = prefix + names[i + 1] if bn is not None else None
+                if is_bitserial(layer):
+                    plan[prefix + names[i]] = Fold(bn_path, False, (), _feeds_planes(layer, layers[j] if j < len(layers)
+                                                                                      else None))
+                    continue
                 signs = []
                 while j < len(layers) and _is_sign(layers[j]):
                     signs.append(prefix + names[j])
                     j += 1
                 bits = _same_kind(layer, layers[j] if j < len(layers) else None)
-                plan[prefix + names[i]] = Fold(prefix + names[i + 1] if bn is not None else None, bits,
-                                               tuple(signs) if bits else ())
+                plan[prefix + names[i]] = Fold(bn_path, bits, tuple(signs) if bits else ())
         own = type(m).__dict__
         for layer_name, bn_name in own.get("fold_pairs", ()) if "forward" in own else ():
             layer, bn = m._modules.get(layer_name), m._modules.get(bn_name)
-            if is_binary(layer):
+            if _folds(layer):
                 plan[prefix + layer_name] = Fold(prefix + bn_name if _bn_for(layer, bn) else None, False)
     return plan
 
@@ -185,19 +212,89 @@ def packing(layer: _QLayer) -> str:
             f"(bit-serial needs act_bit 2..8 and weight_bit 1..8)")
 
 
-def _bitserial_op(layer: _QLayer) -> PackedOp:
-    """Weight levels r = (2^b - 1) (wq + 1) / 2 of the DoReFa weights, packed into b planes."""
+def _bitserial_op(layer: _QLayer, bn: Module | None, planes: int, path: str) -> PackedOp:
+    """Weight levels r = (2^b - 1) (wq + 1) / 2 of the DoReFa weights packed into b planes; the batch
+    norm after the layer folded in; with ``planes`` the next layer's levels as thresholds."""
     top = 2**layer.weight_bit - 1
     wq = to_numpy(layer.quantized_weight().data).astype(np.float64)
     levels = np.rint((wq + 1) / 2 * top)  # exact integers: wq = (2r - top) / top up to float32 rounding
     alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
     bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
+    norm = (None, None) if bn is None else tuple(to_numpy(a) for a in eval_affine(
+        bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, np.float32))
+    epilogue = KbitEpilogue(alpha, bias, *norm)
+    if planes:
+        k = layer.weight.data.size // layer.weight.shape[0]
+        folded = level_thresholds(epilogue, layer.act_bit, layer.weight_bit, k, 2**planes - 1, layer.out_size)
+        if folded is None:
+            warnings.warn(f"layer {path}: its epilogue is not finite in some channel; it keeps a float output "
+                          "instead of the next layer's bit planes", UserWarning, stacklevel=3)
+        else:
+            epilogue = KbitEpilogue(thresholds=folded[0], rising=folded[1])
     if isinstance(layer, QDense):
-        planes = bitserial.pack_planes(levels, layer.weight_bit, axis=1, table=ref)
-        return BitSerialDense(planes, layer.in_features, layer.act_bit, alpha, bias)
-    planes = bitserial.pack_planes(levels.transpose(0, 2, 3, 1), layer.weight_bit, axis=-1, table=ref)
-    return BitSerialConv2d(planes, layer.in_channels, layer.act_bit, alpha, bias, _pair(layer.stride),
+        w_planes = bitserial.pack_planes(levels, layer.weight_bit, axis=1, table=ref)
+        return BitSerialDense(w_planes, layer.in_features, layer.act_bit, epilogue)
+    w_planes = bitserial.pack_planes(levels.transpose(0, 2, 3, 1), layer.weight_bit, axis=-1, table=ref)
+    return BitSerialConv2d(w_planes, layer.in_channels, layer.act_bit, epilogue, _pair(layer.stride),
                            layer.padding, layer.pad_value)
+
+
+def kbit_values(e: KbitEpilogue, dots: np.ndarray, act_bit: int, weight_bit: int) -> np.ndarray:
+    """The float32 epilogue of a bit-serial layer on integer dots, the simulation's steps in its order.
+
+    ``dots`` int64 of shape (O, ...) or broadcastable against the per-channel arrays as (O, 1).
+    """
+    v = dots.astype(np.float32) / np.float32((2**act_bit - 1) * (2**weight_bit - 1))
+    for name, op in (("alpha", np.multiply), ("bias", np.add), ("post_scale", np.multiply),
+                     ("post_shift", np.add)):
+        a = getattr(e, name)
+        if a is not None:
+            v = op(v, a.astype(np.float32)[:, None])
+    return v
+
+
+def next_levels(values: np.ndarray, top: int) -> np.ndarray:
+    """The next k-bit layer's input levels: round(clip(v, 0, 1) * top), as quantize_activation rounds."""
+    return np.round(np.clip(values, np.float32(0), np.float32(1)) * top)
+
+
+def level_thresholds(e: KbitEpilogue, act_bit: int, weight_bit: int, k: int, top: int,
+                     channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer thresholds (O, top) and rising (O,) with levels_from_thresholds(dot) == the simulation's
+    next-layer level of the epilogue's value, for every dot |D| <= k (2^a - 1)(2^b - 1); None when
+    a channel's epilogue is not finite.
+
+    Each float32 step is monotone in D, so each channel's level is too (rising or falling); a binary
+    search finds, per level step l, the first dot whose level reaches l (rising) or the last one
+    (falling). A dot equal to a threshold passes it: the ties of the simulation's rounding included.
+    """
+    if any(a is not None and not np.all(np.isfinite(a)) for a in e):
+        return None
+    bound, o = k * (2**act_bit - 1) * (2**weight_bit - 1), channels
+    ends = np.array([[-bound, bound]] * o, dtype=np.int64)
+    lv = next_levels(kbit_values(e, ends, act_bit, weight_bit), top)  # (O, 2)
+    rising = lv[:, 1] >= lv[:, 0]
+    steps = np.arange(1, top + 1, dtype=np.float32)[None, :]  # (1, top)
+
+    def reached(d):  # (O, top) bool: the level at dot d[o, l] reaches l (>= l)
+        return next_levels(kbit_values(e, d, act_bit, weight_bit), top) >= steps
+
+    lo = np.full((o, top), -bound, np.int64)
+    hi = np.full((o, top), bound + 1, np.int64)  # search the first dot where "reached" becomes true (rising)
+    while np.any(lo < hi):                        # or false (falling); bound + 1: never
+        mid = (lo + hi) // 2
+        flag = reached(mid) == rising[:, None]
+        hi, lo = np.where(flag, mid, hi), np.where(flag, lo, mid + 1)
+    imax, imin = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    first = lo
+    thresholds = np.where(rising[:, None], np.where(first > bound, imax, first),   # D >= first passes
+                          np.where(first == -bound, imin, first - 1))               # D <= first - 1 passes
+    constant = lv[:, 0] == lv[:, 1]  # always level c: c thresholds that every dot passes, as "falling"
+    if np.any(constant):
+        c = lv[constant, 0].astype(np.int64)[:, None]
+        thresholds[constant] = np.where(np.arange(top)[None, :] < c, imax, imin)
+        rising = rising & ~constant
+    return thresholds.astype(np.int32), rising
 
 
 def _quantized_op(layer: _QLayer) -> QuantizedLayer:
@@ -245,12 +342,14 @@ def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str
         root = from_config(model.to_config())
     for path, leaf in leaves(model):
         if path in plan:
-            op = _binary_op(leaf, submodule(model, plan[path].bn) if plan[path].bn else None,
-                            plan[path].emits_bits, path)
+            fold = plan[path]
+            bn = submodule(model, fold.bn) if fold.bn else None
+            op = _bitserial_op(leaf, bn, fold.planes, path) if is_bitserial(leaf) else \
+                _binary_op(leaf, bn, fold.emits_bits, path)
         elif path in folded:
             op = Folded()
         elif isinstance(leaf, _QLayer):
-            op = _bitserial_op(leaf) if packing(leaf) == "bitserial" else _quantized_op(leaf)
+            op = _quantized_op(leaf)
         else:
             op = FloatLayer(_float_copy(leaf))
         root = replace_leaf(root, path, op)

@@ -24,7 +24,7 @@ from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import QConv2d, _QLayer
 
 FORMAT = "minibnn-packed"
-VERSION = 1
+VERSION = 2  # 2: k-bit layers as bit planes (issue 13); version 1 files, with float32 k-bit layers, still load
 
 
 def save(packed: PackedModel, path: str | os.PathLike) -> Path:
@@ -60,7 +60,7 @@ def _load(path: str | os.PathLike) -> PackedModel:
         layers = header["layers"]
         if not isinstance(layers, dict):
             raise ValueError("'layers' must be an object")
-        plan = fold_plan(root)
+        plan = fold_plan(root, bitserial=header["version"] >= 2)
         input_shape = _input_shape(header.get("input_shape"))
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
         raise ModelFileError(f"{json_path}: bad architecture ({type(exc).__name__}: {exc})") from None
@@ -135,28 +135,30 @@ def _mismatch(op: PackedOp, leaf: Module, fold: Fold | None, folded: bool) -> st
     if not isinstance(leaf, _QLayer):
         return f"a quantized layer where the architecture has {type(leaf).__name__}"
     conv = isinstance(leaf, QConv2d)
-    if isinstance(op, (BinaryDense, BinaryConv2d)):
-        if fold is None:
-            return f"a binary layer where the architecture's {type(leaf).__name__} is not binary"
-        if isinstance(op, BinaryConv2d) != conv:
-            return f"{'conv' if conv else 'dense'} layer expected"
+    kind = ("binary" if isinstance(op, (BinaryDense, BinaryConv2d)) else
+            "bitserial" if isinstance(op, (BitSerialDense, BitSerialConv2d)) else "quantized")
+    expected = "binary" if leaf.is_binary else "bitserial" if fold is not None else "quantized"
+    if kind != expected:
+        return f"a {kind} layer where the converter makes {type(leaf).__name__} a {expected} one"
+    if (isinstance(op, (BinaryConv2d, BitSerialConv2d)) if kind != "quantized" else op.layer == "conv") != conv:
+        return f"{'conv' if conv else 'dense'} layer expected"
+    if kind == "binary":
         if op.emits_bits and not fold.emits_bits:
             return "it emits packed bits but the next layer does not binarize them"
         got = (op.out_channels, op.in_channels, *op.weight_bits.shape[1:3]) if conv else \
             (op.out_channels, op.in_channels)
-    else:  # QuantizedLayer, BitSerialDense, BitSerialConv2d
-        if fold is not None:
-            return "a k-bit layer where the architecture's layer is binary"
-        bitserial = isinstance(op, (BitSerialDense, BitSerialConv2d))
-        if (isinstance(op, BitSerialConv2d) if bitserial else op.layer == "conv") != conv:
-            return f"{'conv' if conv else 'dense'} layer expected"
+    else:
         if op.act_bit != leaf.act_bit:
             return f"act_bit {op.act_bit}, the architecture says {leaf.act_bit}"
-        if bitserial and op.weight_bit != leaf.weight_bit:
+        if kind == "bitserial" and op.weight_bit != leaf.weight_bit:
             return f"weight_bit {op.weight_bit}, the architecture says {leaf.weight_bit}"
-        if (op.alpha is not None) != (leaf.scaling == "channel") or (op.bias is not None) != (leaf.bias is not None):
-            return "its alpha / bias do not match the architecture's scaling / bias"
-        if bitserial:
+        if kind == "bitserial" and op.emits_planes != fold.planes:
+            return f"it emits {op.emits_planes or 'no'} bit planes, the next layer takes {fold.planes or 'none'}"
+        e = op.epilogue if kind == "bitserial" else op
+        if kind == "quantized" or not op.emits_planes:
+            if (e.alpha is not None) != (leaf.scaling == "channel") or (e.bias is not None) != (leaf.bias is not None):
+                return "its alpha / bias do not match the architecture's scaling / bias"
+        if kind == "bitserial":
             got = (op.out_channels, op.in_channels, *op.weight_planes.shape[2:4]) if conv else \
                 (op.out_channels, op.in_channels)
         else:
@@ -212,10 +214,20 @@ def _check_quantized(op: QuantizedLayer) -> None:
 
 
 def _check_bitserial(op) -> None:
-    """alpha and bias fit the outputs (the planes were checked when the op was built)."""
-    for name in ("alpha", "bias"):
-        if getattr(op, name) is not None:
-            _check_vector(name, getattr(op, name), op.out_channels, np.float32)
+    """The epilogue fits the outputs (the planes were checked when the op was built)."""
+    e, o = op.epilogue, op.out_channels
+    if (e.post_scale is None) != (e.post_shift is None) or (e.thresholds is None) != (e.rising is None):
+        raise ValueError("post_scale and post_shift, thresholds and rising come together, got only one")
+    if e.thresholds is not None and any(getattr(e, n) is not None for n in ("alpha", "bias", "post_scale")):
+        raise ValueError("a layer that emits bit planes has no float epilogue")
+    for name in ("alpha", "bias", "post_scale", "post_shift"):
+        if getattr(e, name) is not None:
+            _check_vector(name, getattr(e, name), o, np.float32)
+    if e.thresholds is not None:
+        ref.check_array("thresholds", e.thresholds, np.int32, 2, "(O, levels) per output channel")
+        if e.thresholds.shape[0] != o or e.thresholds.shape[1] not in (1, 3, 7, 15):
+            raise ValueError(f"thresholds must have shape ({o}, 2^bits - 1) with bits in 1..4, got {e.thresholds.shape}")
+        _check_vector("rising", e.rising, o, np.bool_)
 
 
 CHECKS = {BinaryDense: _check_binary, BinaryConv2d: _check_binary, QuantizedLayer: _check_quantized,

@@ -356,22 +356,53 @@ class BinaryConv2d(_BinaryOp):
                    _config_pair(config, "stride", 1), _config_pair(config, "padding", 0), _config_pad_value(config))
 
 
+class Planes(NamedTuple):
+    """Packed k-bit activations: ``bits`` bit planes of the levels, uint64 words along the channel axis."""
+
+    words: Any  # (bits, N, ceil(C/64)) for dense layers, (bits, N, H, W, ceil(C/64)) for convolutions
+    channels: int
+    bits: int
+
+
+class KbitEpilogue(NamedTuple):
+    """What a bit-serial layer does after its integer dot D, per output channel (None: absent).
+
+    float output: y = float32(D) / ((2^a - 1)(2^b - 1)), then * alpha, + bias, then a folded batch
+    norm y * post_scale + post_shift: the float simulation's steps in its order. planes output: the
+    next layer's levels, level = the number of thresholds[o] that D passes (D >= t where rising[o],
+    else D <= t; minibnn.backend.bitserial.levels_from_thresholds), which equals the simulation's
+    round(clip(y, 0, 1) * (2^a' - 1)) for every possible D.
+    """
+
+    alpha: Any = None
+    bias: Any = None
+    post_scale: Any = None
+    post_shift: Any = None
+    thresholds: Any = None
+    rising: Any = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+
 class _BitSerialOp(PackedOp):
     """Shared parts of BitSerialDense and BitSerialConv2d: a k-bit Q-layer on bit planes (issue 13).
 
     The input is quantized to integer levels q = round(clip(x, 0, 1) * (2^a - 1)) exactly as the
-    float simulation's quantize_activation does, packed into ``act_bit`` planes, and multiplied
-    with the ``weight_bit`` planes of the weight levels r (DoReFa: w = (2r - (2^b - 1)) / (2^b - 1))
-    by minibnn.backend.bitserial, exactly in integers. The float output is
-    dot / ((2^a - 1) (2^b - 1)) [* alpha] [+ bias], the simulation's value up to float32 rounding.
+    float simulation's quantize_activation does and packed into ``act_bit`` planes (or arrives as
+    the planes of the layer before), then multiplied with the ``weight_bit`` planes of the weight
+    levels r (DoReFa: w = (2r - (2^b - 1)) / (2^b - 1)) by minibnn.backend.bitserial, exactly in
+    integers. The simulation's k-bit layers compute the same integer sums (functional.kbit_linear),
+    so the epilogue (KbitEpilogue) gives its values bit for bit.
     """
 
     weight_ndim = 3  # (b, O, ceil(K/64)); 5 for convolutions
 
-    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int, alpha=None, bias=None) -> None:
+    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int,
+                 epilogue: KbitEpilogue = KbitEpilogue()) -> None:
         super().__init__()
         self.weight_planes, self.in_channels, self.act_bit = weight_planes, int(in_channels), int(act_bit)
-        self.alpha, self.bias = alpha, bias
+        self.epilogue = epilogue
         ref.check_int("act_bit", act_bit, 2, 8)
         ref.check_int("input channels" if self.weight_ndim == 5 else "in_features", self.in_channels, 1)
         ref.check_array("weight_planes", weight_planes, np.uint64, self.weight_ndim, "bit planes of the weights")
@@ -396,27 +427,46 @@ class _BitSerialOp(PackedOp):
     def out_channels(self) -> int:
         return int(self.weight_planes.shape[1])
 
+    @property
+    def emits_planes(self) -> int:
+        """The bit planes this layer emits for the next one (0: a float output)."""
+        t = self.epilogue.thresholds
+        return 0 if t is None else max(1, int(t.shape[1]).bit_length())
+
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"weight_planes": self.weight_planes}
-        out.update({k: v for k, v in (("alpha", self.alpha), ("bias", self.bias)) if v is not None})
-        return out
+        return {"weight_planes": self.weight_planes, **self.epilogue.arrays()}
 
-    def _levels(self, x):
-        """The input's activation levels, as the float simulation rounds them (float32, integers)."""
+    def _planes_in(self, x, axis: int):
+        """The input's activation planes: received from the layer before, or quantized and packed."""
+        if isinstance(x, Planes):
+            if x.channels != self.in_channels or x.bits != self.act_bit:
+                raise ValueError(f"expects {self.act_bit}-bit planes of {self.in_channels} channels, got "
+                                 f"{x.bits}-bit planes of {x.channels}")
+            return x.words
         xp = backend.get_array_module(x)
-        return xp.round(xp.clip(x.astype(np.float32, copy=False), 0, 1) * (2**self.act_bit - 1))
+        levels = xp.round(xp.clip(x.astype(np.float32, copy=False), 0, 1) * (2**self.act_bit - 1))
+        return bitserial.pack_planes(levels if axis == 1 else levels.transpose(0, 2, 3, 1), self.act_bit,
+                                     axis=axis, check=False)
 
-    def _float(self, dot):
-        """dot / ((2^a - 1) (2^b - 1)), then alpha and bias, channels last, float32."""
+    def _finish(self, dot):
+        """The epilogue on the integer dots (channels last): float32 values, or the next layer's planes."""
+        e = self.epilogue
+        if e.thresholds is not None:
+            levels = bitserial.levels_from_thresholds(dot, self.placed(e.thresholds), self.placed(e.rising))
+            bits = self.emits_planes
+            return Planes(bitserial.pack_planes(levels, bits, axis=-1, check=False), self.out_channels, bits)
         y = dot.astype(np.float32) / np.float32((2**self.act_bit - 1) * (2**self.weight_bit - 1))
-        if self.alpha is not None:
-            y = y * self.placed(self.alpha)
-        if self.bias is not None:
-            y = y + self.placed(self.bias)
+        if e.alpha is not None:
+            y = y * self.placed(e.alpha)
+        if e.bias is not None:
+            y = y + self.placed(e.bias)
+        if e.post_scale is not None:
+            y = y * self.placed(e.post_scale) + self.placed(e.post_shift)
         return y
 
     def forward(self, x):
-        x = _floats(x, self)
+        if not isinstance(x, Planes):
+            x = _floats(x, self)
         try:
             return self._run(x)
         except ValueError as exc:
@@ -425,8 +475,9 @@ class _BitSerialOp(PackedOp):
     @classmethod
     def _from(cls, config: dict, arrays: dict[str, np.ndarray], **extra) -> "_BitSerialOp":
         inputs = "in_channels" if cls.weight_ndim == 5 else "in_features"
+        epilogue = KbitEpilogue(**{k: arrays.get(k) for k in KbitEpilogue._fields})
         return cls(arrays["weight_planes"], _config_int(config, inputs, 1), _config_int(config, "act_bit", 2, 8),
-                   arrays.get("alpha"), arrays.get("bias"), **extra)
+                   epilogue, **extra)
 
 
 class BitSerialDense(_BitSerialOp):
@@ -435,15 +486,15 @@ class BitSerialDense(_BitSerialOp):
     kind = "bitserial_dense"
 
     def _run(self, x):
-        if x.ndim != 2 or x.shape[1] != self.in_channels:
+        if not isinstance(x, Planes) and (x.ndim != 2 or x.shape[1] != self.in_channels):
             raise ValueError(f"expects input (N, {self.in_channels}), got {tuple(x.shape)}")
-        planes = bitserial.pack_planes(self._levels(x), self.act_bit, axis=1, check=False)
-        out = backend.xp().empty((x.shape[0], self.out_channels), np.int32)
+        planes = self._planes_in(x, axis=1)
+        out = backend.xp().empty((planes.shape[1], self.out_channels), np.int32)
         offset = self._offset((), lambda: bitserial.gemm_offset(self.weight_planes, self.in_channels, self.act_bit,
                                                                 table=ref))
         bitserial.bitserial_gemm(planes, self.placed(self.weight_planes), self.in_channels, out, check_tails=False,
                                  offset=offset)
-        return self._float(out)
+        return self._finish(out)
 
     def config(self) -> dict[str, Any]:
         return {"in_features": self.in_channels, "act_bit": self.act_bit}
@@ -460,27 +511,28 @@ class BitSerialConv2d(_BitSerialOp):
     kind = "bitserial_conv2d"
     weight_ndim = 5
 
-    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int, alpha=None, bias=None,
-                 stride=(1, 1), padding=(0, 0), pad_value: int = 0) -> None:
-        super().__init__(weight_planes, in_channels, act_bit, alpha, bias)
+    def __init__(self, weight_planes: np.ndarray, in_channels: int, act_bit: int,
+                 epilogue: KbitEpilogue = KbitEpilogue(), stride=(1, 1), padding=(0, 0), pad_value: int = 0) -> None:
+        super().__init__(weight_planes, in_channels, act_bit, epilogue)
         self.stride, self.padding, self.pad_value = tuple(stride), tuple(padding), int(pad_value)
 
     def _run(self, x):
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        if not isinstance(x, Planes) and (x.ndim != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        planes = bitserial.pack_planes(self._levels(x).transpose(0, 2, 3, 1), self.act_bit, axis=-1, check=False)
+        planes = self._planes_in(x, axis=-1)
+        n, h, w = planes.shape[1:4]
         kh, kw = self.weight_planes.shape[2:4]
-        oh, ow = ref.conv_output_hw(x.shape[2:], (kh, kw), self.stride, self.padding)
+        oh, ow = ref.conv_output_hw((h, w), (kh, kw), self.stride, self.padding)
         if oh < 1 or ow < 1:
-            raise ValueError(f"input {x.shape[2]}x{x.shape[3]} is smaller than the kernel {kh}x{kw} "
-                             f"with padding {self.padding}")
-        out = backend.xp().empty((x.shape[0], oh, ow, self.out_channels), np.int32)
-        offset = self._offset(tuple(x.shape[2:]), lambda: bitserial.conv_offset(
-            self.weight_planes, self.act_bit, self.in_channels, x.shape[2:], self.stride, self.padding,
-            self.pad_value, table=ref))
+            raise ValueError(f"input {h}x{w} is smaller than the kernel {kh}x{kw} with padding {self.padding}")
+        out = backend.xp().empty((n, oh, ow, self.out_channels), np.int32)
+        offset = self._offset((h, w), lambda: bitserial.conv_offset(
+            self.weight_planes, self.act_bit, self.in_channels, (h, w), self.stride, self.padding, self.pad_value,
+            table=ref))
         bitserial.bitserial_conv2d(planes, self.placed(self.weight_planes), self.in_channels, self.stride,
                                    self.padding, self.pad_value, out, check_tails=False, offset=offset)
-        return self._float(out).transpose(0, 3, 1, 2)  # NCHW view of channels-last memory
+        y = self._finish(out)
+        return y if isinstance(y, Planes) else y.transpose(0, 3, 1, 2)  # NCHW view of channels-last memory
 
     def config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "act_bit": self.act_bit, "stride": list(self.stride),
