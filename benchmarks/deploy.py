@@ -171,9 +171,7 @@ def measure(args) -> dict:
 
             methods = {"packed": lambda: packed.predict(x), "simulation": lambda: run(binary),
                        "float32": lambda: run(float32)}
-            same = np.array_equal if (act_bit, weight_bit) == (1, 1) else \
-                (lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max()))  # k-bit: to rounding
-            checks = {"packed_exact": bool(same(packed.predict(x), run(binary)))}
+            checks = {"packed_exact": bool(np.array_equal(packed.predict(x), run(binary)))}  # k-bit too
             if mirror is not None:
                 tx = torch.from_numpy(x)
 

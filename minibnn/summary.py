@@ -152,7 +152,8 @@ def _packed_as(m: Module, op) -> str:
         return f"1-bit words, {8 * op.weight_bits.nbytes / m.weight.data.size:.2f} bits/weight"
     if isinstance(op, (ops.BitSerialDense, ops.BitSerialConv2d)):
         return f"{op.weight_bit}-bit planes, {8 * op.weight_planes.nbytes / m.weight.data.size:.2f} bits/weight"
-    return packing(m)
+    reason = packing(m)
+    return reason if reason.startswith("float32") else "float32 weights (a packed file of format version 1)"
 
 
 def summary(model, input_shape=None, print_fn=print) -> Summary:

@@ -170,7 +170,7 @@ def test_k_bit_chains_fold_batch_norm_into_the_next_layer_s_planes(name, a, b):
         with minibnn.using(name):
             packed = _convert(model, shape)
             got = packed.predict(x)
-        planes = [op.emits_planes for _, op in packed.layers() if isinstance(op, (BitSerialDense, BitSerialConv2d))]
+        planes = [op.planes_out for _, op in packed.layers() if isinstance(op, (BitSerialDense, BitSerialConv2d))]
         assert planes.count(a if a <= 4 else 0) >= 2 and planes.count(0) >= 1, planes
         np.testing.assert_array_equal(got, simulate(model, x))
 
@@ -205,6 +205,51 @@ def test_level_thresholds_give_every_dot_its_level_ties_included(a, b, top):
     assert not rising[0] and not rising[1] and rising[2]
     e_nan = e._replace(post_scale=np.where(np.arange(o) == 3, np.nan, scale).astype(np.float32))
     assert level_thresholds(e_nan, a, b, k, top, o) is None  # not finite: no fold
+
+
+@pytest.mark.parametrize("a, b", [(2, 1), (4, 3), (8, 8)])
+def test_k_bit_layers_backward_is_the_straight_through_float_one(a, b):
+    """kbit_linear / kbit_conv2d give linear's / conv2d's gradients on the same quantized tensors."""
+    from minibnn import functional as F
+    from minibnn import quantize
+
+    rng = np.random.default_rng(a + b)
+    cases = [((5, 70), (9, 70), lambda x, w: F.kbit_linear(x, w, a, b), lambda x, w: F.linear(x, w)),
+             ((3, 7, 5, 4), (6, 7, 3, 2), lambda x, w: F.kbit_conv2d(x, w, a, b, 1, 1, -1),
+              lambda x, w: F.conv2d(F.pad2d(x, 1, -1), w))]
+    for x_shape, w_shape, kbit, float_op in cases:
+        x0 = rng.uniform(-0.5, 1.5, x_shape).astype(np.float32)
+        w0 = rng.normal(0, 1, w_shape).astype(np.float32)
+        grads = []
+        for fn in (kbit, float_op):
+            x, w = minibnn.Tensor(x0, requires_grad=True), minibnn.Tensor(w0, requires_grad=True)
+            y = fn(quantize.quantize_activation(x, a), quantize.quantize_weight(w, b))
+            y.backward(np.ones(y.shape, np.float32))
+            grads.append((y.numpy(), x.grad, w.grad))
+        np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)  # the float value, rounded
+        np.testing.assert_array_equal(grads[0][1], grads[1][1])
+        np.testing.assert_array_equal(grads[0][2], grads[1][2])
+
+
+def test_version_1_k_bit_files_load_save_and_load_again(tmp_path, monkeypatch):
+    """A packed file written before bit planes (k-bit layers as float32 weights, batch norms unfolded)."""
+    model = models.lenet(act_bit=2, weight_bit=2, channels=(8, 16))
+    randomize_stats(model)
+    x = _rng_input((3, 1, 28, 28))
+    with monkeypatch.context() as m:  # the converter of format version 1: no bit-serial path
+        m.setattr(nn.QDense, "is_bitserial", property(lambda self: False))
+        m.setattr(nn.QConv2d, "is_bitserial", property(lambda self: False))
+        old = _convert(model, None)
+        old.save(tmp_path / "v1")
+        want = old.predict(x)
+    assert {op.kind for _, op in old.layers()} >= {"quantized"}
+    loaded = deploy.load(tmp_path / "v1")
+    loaded.save(tmp_path / "again")
+    again = deploy.load(tmp_path / "again")
+    np.testing.assert_array_equal(again.predict(x), want)
+    out = []
+    minibnn.summary(again, (1, 28, 28), print_fn=out.append)
+    assert "float32 weights (a packed file of format version 1)" in out[0]
 
 
 def test_folded_k_bit_model_round_trips_and_version_1_files_still_load(tmp_path):

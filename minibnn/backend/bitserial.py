@@ -336,6 +336,8 @@ def levels_from_thresholds(dot, thresholds, rising, *, table=None):
     _ref.check_shape("rising", rising, (o,), "(O,) = thresholds rows")
     if n_levels > 255:
         raise ValueError(f"thresholds must have at most 255 columns (8-bit levels), got {n_levels}")
-    d = dot[..., None]
-    passed = xp.where(rising[:, None], d >= thresholds, d <= thresholds)
-    return passed.sum(axis=-1, dtype=np.int32).astype(np.uint8)
+    levels = xp.zeros(dot.shape, dtype=np.uint8)
+    for step in range(n_levels):  # one threshold at a time: temporaries of the dot's size only
+        t = thresholds[:, step]
+        levels += xp.where(rising, dot >= t, dot <= t)
+    return levels

@@ -82,17 +82,17 @@ def _is_sign(m: Module | None) -> bool:
     return isinstance(m, QActivation) and m.act_bit == 1
 
 
-def fold_plan(model: Module, bitserial: bool = True) -> dict[str, Fold]:
+def fold_plan(model: Module, kbit_planes: bool = True) -> dict[str, Fold]:
     """For each binary or bit-serial layer (by dotted path): the batch norm folded into it and whether it
     emits bits (binary) or the next layer's bit planes (bit-serial, ``planes`` bits).
 
     Only structures whose data flow is known are folded: a plain Sequential (each layer feeds the
     next), and the (layer, batch norm) pairs a module class declares in its own ``fold_pairs``
     next to its own ``forward`` (a subclass with another forward declares its own or none).
-    ``bitserial=False``: the plan of packed files of version 1, whose k-bit layers stayed float32.
+    ``kbit_planes=False``: the plan of packed files of version 1, whose k-bit layers stayed float32.
     """
     def _folds(m: Module) -> bool:
-        return is_binary(m) or (bitserial and is_bitserial(m))
+        return is_binary(m) or (kbit_planes and is_bitserial(m))
 
     plan = {path: Fold(None, False) for path, m in model.named_modules() if _folds(m)}
     for path, m in model.named_modules():

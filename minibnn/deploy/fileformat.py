@@ -33,7 +33,9 @@ def save(packed: PackedModel, path: str | os.PathLike) -> Path:
     for layer_path, op in packed.layers():
         layers[layer_path] = {"op": op.kind, "config": op.config(), "bytes": op.nbytes}
         arrays.update({f"{layer_path}:{name}": np.ascontiguousarray(a) for name, a in op.arrays().items()})
-    header = {"format": FORMAT, "version": VERSION, "name": packed.name, "architecture": packed.architecture,
+    bit_planes = any(isinstance(op, (BitSerialDense, BitSerialConv2d)) for _, op in packed.layers())
+    header = {"format": FORMAT, "version": VERSION if bit_planes else 1,  # version 1 readers load the rest
+              "name": packed.name, "architecture": packed.architecture,
               "input_shape": list(packed.input_shape) if packed.input_shape is not None else None,
               "layers": layers, "array_bytes": packed.nbytes}
     json_path = write_pair(path, header, arrays)
@@ -60,7 +62,7 @@ def _load(path: str | os.PathLike) -> PackedModel:
         layers = header["layers"]
         if not isinstance(layers, dict):
             raise ValueError("'layers' must be an object")
-        plan = fold_plan(root, bitserial=header["version"] >= 2)
+        plan = fold_plan(root, kbit_planes=header["version"] >= 2)
         input_shape = _input_shape(header.get("input_shape"))
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError, MemoryError) as exc:
         raise ModelFileError(f"{json_path}: bad architecture ({type(exc).__name__}: {exc})") from None
@@ -152,10 +154,10 @@ def _mismatch(op: PackedOp, leaf: Module, fold: Fold | None, folded: bool) -> st
             return f"act_bit {op.act_bit}, the architecture says {leaf.act_bit}"
         if kind == "bitserial" and op.weight_bit != leaf.weight_bit:
             return f"weight_bit {op.weight_bit}, the architecture says {leaf.weight_bit}"
-        if kind == "bitserial" and op.emits_planes != fold.planes:
-            return f"it emits {op.emits_planes or 'no'} bit planes, the next layer takes {fold.planes or 'none'}"
+        if kind == "bitserial" and op.planes_out not in (0, fold.planes):  # 0: a fold the converter declined
+            return f"it emits {op.planes_out} bit planes, the next layer takes {fold.planes or 'none'}"
         e = op.epilogue if kind == "bitserial" else op
-        if kind == "quantized" or not op.emits_planes:
+        if kind == "quantized" or not op.planes_out:
             if (e.alpha is not None) != (leaf.scaling == "channel") or (e.bias is not None) != (leaf.bias is not None):
                 return "its alpha / bias do not match the architecture's scaling / bias"
         if kind == "bitserial":

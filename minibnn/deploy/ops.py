@@ -78,6 +78,8 @@ def _floats(x, op: PackedOp):
     """The raw array a float op gets (a container's own functional calls may hand it a Tensor)."""
     if isinstance(x, Bits):
         raise op.fail("received packed bits; only a binary layer can take them")
+    if isinstance(x, Planes):
+        raise op.fail("received bit planes; only a bit-serial layer can take them")
     return x.data if isinstance(x, Tensor) else x
 
 
@@ -241,6 +243,8 @@ class _BinaryOp(PackedOp):
         return {"weight_bits": self.weight_bits, **self.epilogue.arrays()}
 
     def forward(self, x):
+        if isinstance(x, Planes):
+            raise self.fail("received bit planes; only a bit-serial layer can take them")
         try:
             return self._run(x.data if isinstance(x, Tensor) else x)
         except ValueError as exc:  # a kernel's argument check: name the layer
@@ -428,7 +432,7 @@ class _BitSerialOp(PackedOp):
         return int(self.weight_planes.shape[1])
 
     @property
-    def emits_planes(self) -> int:
+    def planes_out(self) -> int:
         """The bit planes this layer emits for the next one (0: a float output)."""
         t = self.epilogue.thresholds
         return 0 if t is None else max(1, int(t.shape[1]).bit_length())
@@ -445,6 +449,7 @@ class _BitSerialOp(PackedOp):
             return x.words
         xp = backend.get_array_module(x)
         levels = xp.round(xp.clip(x.astype(np.float32, copy=False), 0, 1) * (2**self.act_bit - 1))
+        levels = xp.nan_to_num(levels, copy=False, nan=0.0)  # NaN input: level 0 (the simulation keeps NaN)
         return bitserial.pack_planes(levels if axis == 1 else levels.transpose(0, 2, 3, 1), self.act_bit,
                                      axis=axis, check=False)
 
@@ -453,7 +458,7 @@ class _BitSerialOp(PackedOp):
         e = self.epilogue
         if e.thresholds is not None:
             levels = bitserial.levels_from_thresholds(dot, self.placed(e.thresholds), self.placed(e.rising))
-            bits = self.emits_planes
+            bits = self.planes_out
             return Planes(bitserial.pack_planes(levels, bits, axis=-1, check=False), self.out_channels, bits)
         y = dot.astype(np.float32) / np.float32((2**self.act_bit - 1) * (2**self.weight_bit - 1))
         if e.alpha is not None:
