@@ -110,7 +110,7 @@ def test_planes_store_weight_bit_bits_per_weight_and_sizes(tmp_path):
     (lambda h: h["architecture"]["args"]["layers"][4]["module"]["args"].update(weight_bit=3),
      r"layer 4 \(bitserial_conv2d\) does not fit the architecture: weight_bit 2, the architecture says 3"),
     (lambda h: h["layers"]["4"]["config"].update(act_bit=9), r"act_bit must be in \[2, 8\]"),
-    (lambda h: h["layers"]["9"]["config"].update(in_features=1000), r"weight_planes of shape"),
+    (lambda h: h["layers"]["9"]["config"].update(in_features=1000), r"weight_planes has 4 words per row, 1000 inputs need 16"),
 ])
 def test_edited_k_bit_files_are_refused(tmp_path, edit, message):
     import json

@@ -33,6 +33,22 @@ from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import _quantize_input
 
 
+def _check_packed(name: str, w, in_channels: int, ndim: int, what: str) -> None:
+    """Packed weights fit the input count with tail bits 0: checked once when a layer is built, so its
+    kernels skip the scan (on the GPU the scan is a host sync)."""
+    ref.check_int("input channels" if ndim >= 4 else "in_features", in_channels, 1)
+    ref.check_array(name, w, np.uint64, ndim, what)
+    if w.shape[-1] != ref.n_words(in_channels):
+        raise ValueError(f"{name} has {w.shape[-1]} words per row, {in_channels} inputs need "
+                         f"{ref.n_words(in_channels)}")
+    ref.check_tail(name, w, in_channels)
+
+
+def _present(arrays: NamedTuple) -> dict[str, np.ndarray]:
+    """The fields of an epilogue that hold an array."""
+    return {k: v for k, v in arrays._asdict().items() if v is not None}
+
+
 class Bits(NamedTuple):
     """Packed +-1 activations: uint64 words along the channel axis (last), true channel count."""
 
@@ -210,7 +226,7 @@ class Epilogue(NamedTuple):
     flip: Any = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self._asdict().items() if v is not None}
+        return _present(self)
 
 
 class _BinaryOp(PackedOp):
@@ -222,14 +238,7 @@ class _BinaryOp(PackedOp):
         self._check_weights()
 
     def _check_weights(self) -> None:
-        """The packed weights fit the input count, tail bits 0: checked once here, so the kernels skip it."""
-        ref.check_int("input channels" if self.weight_ndim == 4 else "in_features", self.in_channels, 1)
-        w = self.weight_bits
-        ref.check_array("weight_bits", w, np.uint64, self.weight_ndim, "packed weights")
-        if w.shape[-1] != ref.n_words(self.in_channels):
-            raise ValueError(f"weight_bits has {w.shape[-1]} words per row, {self.in_channels} inputs need "
-                             f"{ref.n_words(self.in_channels)}")
-        ref.check_tail("weight_bits", w, self.in_channels)
+        _check_packed("weight_bits", self.weight_bits, self.in_channels, self.weight_ndim, "packed weights")
 
     @property
     def out_channels(self) -> int:
@@ -386,7 +395,7 @@ class KbitEpilogue(NamedTuple):
     rising: Any = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self._asdict().items() if v is not None}
+        return _present(self)
 
 
 class _BitSerialOp(PackedOp):
@@ -408,12 +417,9 @@ class _BitSerialOp(PackedOp):
         self.weight_planes, self.in_channels, self.act_bit = weight_planes, int(in_channels), int(act_bit)
         self.epilogue = epilogue
         ref.check_int("act_bit", act_bit, 2, 8)
-        ref.check_int("input channels" if self.weight_ndim == 5 else "in_features", self.in_channels, 1)
-        ref.check_array("weight_planes", weight_planes, np.uint64, self.weight_ndim, "bit planes of the weights")
-        if not 1 <= weight_planes.shape[0] <= 8 or weight_planes.shape[-1] != ref.n_words(self.in_channels):
-            raise ValueError(f"weight_planes of shape {weight_planes.shape}: 1 to 8 planes of "
-                             f"{ref.n_words(self.in_channels)} words per row expected for {self.in_channels} inputs")
-        ref.check_tail("weight_planes", weight_planes, self.in_channels)  # once here: the kernels skip the scan
+        _check_packed("weight_planes", weight_planes, self.in_channels, self.weight_ndim, "bit planes of the weights")
+        if not 1 <= weight_planes.shape[0] <= 8:
+            raise ValueError(f"weight_planes must hold 1 to 8 planes, got {weight_planes.shape[0]}")
         object.__setattr__(self, "_offsets", {})  # input geometry -> the weight-only term (host, int32)
 
     def _offset(self, key, compute):
