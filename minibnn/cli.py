@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -78,17 +79,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer = optim.make_optimizer(args.optimizer, model, args.lr)
     schedule = optim.make_schedule(args.schedule, optimizer, total_steps=args.epochs * len(loader))
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-a{args.act_bit}w{args.weight_bit}")
-    history = train.fit(model, loader, optimizer, args.epochs, val_loader=test_loader, schedule=schedule,
-                        checkpoint_dir=out, resume=args.resume, progress=not args.quiet,
-                        verbose=True)
-    minibnn.save(model, out / "model")
-    result = train.evaluate(model, test_loader)
-    record = {"command": sys.argv, "history": history.epochs, "test": result}
-    minibnn.io.atomic_write_bytes(out / "history.json", json.dumps(record, indent=1).encode())
+    try:
+        history = train.fit(model, loader, optimizer, args.epochs, val_loader=test_loader, schedule=schedule,
+                            checkpoint_dir=out, resume=args.resume, progress=not args.quiet,
+                            verbose=True)
+        minibnn.save(model, out / "model")
+        result = train.evaluate(model, test_loader)
+        record = {"command": sys.argv, "history": history.epochs, "test": result}
+        minibnn.io.atomic_write_bytes(out / "history.json", json.dumps(record, indent=1).encode())
+    except KeyboardInterrupt:
+        print(f"minibnn train: interrupted; {_last_checkpoint(out, args.epochs)}", file=sys.stderr)
+        argv = [*getattr(args, "argv", sys.argv[1:])]
+        argv += [] if "--resume" in argv else ["--resume"]
+        argv += [] if args.out else ["--out", str(out)]
+        print(f"continue with: minibnn {shlex.join(argv)}", file=sys.stderr)
+        return 130
     seconds = [r["seconds"] for r in history.epochs]
     print(f"test accuracy {result['accuracy']:.4f} (loss {result['loss']:.4f}) after {len(history)} epochs, "
           f"median {np.median(seconds) if seconds else 0:.1f} s/epoch; model saved to {out / 'model'}.json/.npz")
     return 0
+
+
+def _last_checkpoint(out: Path, epochs: int) -> str:
+    """Where the last checkpoint in ``out`` is and which epoch it holds, for the Ctrl-C message."""
+    from minibnn.train import CHECKPOINT
+
+    path = out / f"{CHECKPOINT}.json"
+    try:
+        epoch = json.loads(path.read_text())["epoch"] + 1
+    except FileNotFoundError:
+        return f"no checkpoint was written yet (one is written to {path} after each epoch)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the last checkpoint is {path}"
+    return f"the last checkpoint is {path} (after epoch {epoch} of {epochs})"
 
 
 def _is_packed(path: str) -> bool:
@@ -295,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     from minibnn.train import TrainingDiverged, TrainingOutOfMemory
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the --resume hint after Ctrl-C
     try:
         if args.backend:
             minibnn.use(args.backend)
@@ -303,3 +327,6 @@ def main(argv: list[str] | None = None) -> int:
             minibnn.backend.BackendUnavailable, ValueError) as exc:
         print(f"minibnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"minibnn {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -9,7 +9,7 @@ caller decides whether a step is a batch or an epoch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from minibnn.nn.module import Module, Parameter
 
 class Optimizer:
     """Base class: holds the parameters, ``lr``, per-parameter state and the step count."""
+
+    SLOTS: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
         self.params = _unique(params, type(self).__name__)
@@ -61,34 +63,81 @@ class Optimizer:
         return {"hyper": hyper, "arrays": arrays}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned; raises ValueError on a mismatch (naming the slot)."""
+        """Restore what ``state_dict`` returned; ValueError naming the entry on a mismatch (nothing changes then)."""
+        self._checked(state)()
+
+    def _checked(self, state: dict[str, Any]) -> Callable[[], None]:
+        """Check ``state`` completely; return the function that restores it."""
         name = type(self).__name__
+        if not isinstance(state, dict) or not isinstance(state.get("hyper"), dict) or \
+                not isinstance(state.get("arrays"), dict):
+            raise ValueError(f"{name}.load_state_dict: expected {{'hyper': {{...}}, 'arrays': {{...}}}}")
         hyper, arrays = state["hyper"], state["arrays"]
         if hyper.get("type", name) != name:
-            raise ValueError(f"{name}.load_state_dict: the state is from a {hyper['type']}")
-        if len(hyper["param_steps"]) != len(self.params):
-            raise ValueError(f"{name}.load_state_dict: the state has {len(hyper['param_steps'])} "
-                             f"parameters, this optimizer has {len(self.params)}")
+            raise ValueError(f"{name}.load_state_dict: the state is from a {str(hyper['type'])[:40]}")
+        steps = hyper.get("param_steps")
+        if not isinstance(steps, list) or len(steps) != len(self.params):
+            raise ValueError(f"{name}.load_state_dict: param_steps must list one count per parameter "
+                             f"({len(self.params)}), got {str(steps)[:60]}")
+        steps = [_step_count(name, f"param_steps[{i}]", s) for i, s in enumerate(steps)]
+        step_count = _step_count(name, "step_count", hyper.get("step_count"))
+        values = {key: _like(name, key, hyper.get(key), current)
+                  for key, current in {"lr": self.lr, **self._hyper()}.items()}
+        new_state = self._slots_from(arrays)
+
+        def restore() -> None:
+            self.state, self.step_count, self.param_steps = new_state, step_count, steps
+            for key, value in values.items():
+                setattr(self, key, value)
+        return restore
+
+    def _slots_from(self, arrays: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per-parameter state from "<index>.<slot>" arrays: every slot of this optimizer or none, right shapes."""
+        name = type(self).__name__
         new_state: list[dict[str, Any]] = [{} for _ in self.params]
         for key, value in arrays.items():
-            index, _, slot = key.partition(".")
-            if not index.isdigit() or not slot or int(index) >= len(self.params):
-                raise ValueError(f"{name}.load_state_dict: bad slot {key!r} for {len(self.params)} parameters")
+            index, _, slot = str(key).partition(".")
+            if not index.isdigit() or int(index) >= len(self.params) or slot not in self.SLOTS:
+                raise ValueError(f"{name}.load_state_dict: bad slot {key!r} (expected '<index>.<slot>' with "
+                                 f"index below {len(self.params)} and slot in {self.SLOTS})")
             p = self.params[int(index)]
-            value = np.asarray(value)
-            if value.shape != tuple(p.data.shape):
-                raise ValueError(f"{name}.load_state_dict: slot {key!r} has shape {value.shape}, "
-                                 f"parameter {index} has shape {tuple(p.data.shape)}")
+            value = np.asarray(backend.to_numpy(value))
+            if value.shape != tuple(p.data.shape) or value.dtype.kind != "f":
+                raise ValueError(f"{name}.load_state_dict: slot {key!r} is {value.dtype}{list(value.shape)}, "
+                                 f"parameter {index} is floating-point {list(p.data.shape)}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name}.load_state_dict: slot {key!r} holds NaN or infinite values")
             new_state[int(index)][slot] = backend.get_array_module(p.data).asarray(value, dtype=p.data.dtype)
-        self.state = new_state
-        self.step_count = int(hyper["step_count"])
-        self.param_steps = [int(s) for s in hyper["param_steps"]]
-        for key in ("lr", *self._hyper()):
-            setattr(self, key, tuple(hyper[key]) if isinstance(hyper[key], list) else hyper[key])
+        for i, slots in enumerate(new_state):
+            if slots and set(slots) != set(self.SLOTS):
+                raise ValueError(f"{name}.load_state_dict: parameter {i} has slots {sorted(slots)}, "
+                                 f"expected all of {self.SLOTS} or none")
+        return new_state
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in {"lr": self.lr, **self._hyper()}.items())
         return f"{type(self).__name__}({len(self.params)} parameters, {args})"
+
+
+def _step_count(owner: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise ValueError(f"{owner}.load_state_dict: {key} must be a count >= 0, got {str(value)[:40]}")
+    return value
+
+
+def _like(owner: str, key: str, value: Any, current: Any) -> Any:
+    """A restored hyperparameter of the type of its ``current`` value (a bool, a finite number or a list of them)."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, (int, float)):
+        if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+            return float(value)
+    elif isinstance(current, (tuple, list)):
+        if isinstance(value, list) and len(value) == len(current) and all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+            return tuple(float(v) for v in value)
+    raise ValueError(f"{owner}.load_state_dict: {key} must be like {current!r}, got {str(value)[:40]}")
 
 
 def _unique(params: Iterable[Parameter], owner: str) -> list[Parameter]:
@@ -107,6 +156,8 @@ def _unique(params: Iterable[Parameter], owner: str) -> list[Parameter]:
 
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, Nesterov and L2 weight decay (PyTorch's rule)."""
+
+    SLOTS = ("momentum_buffer",)
 
     def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
@@ -136,6 +187,7 @@ class Adam(Optimizer):
     """Adam with bias correction; ``weight_decay`` is L2 added to the gradient (PyTorch's Adam)."""
 
     decoupled = False
+    SLOTS = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -182,6 +234,8 @@ class Bop(Optimizer):
     (written w * m > threshold, as in Larq). ``flip_ratio`` is the fraction of weights flipped
     by the last step. Bop has no learning rate: ``lr`` is an alias of ``gamma``.
     """
+
+    SLOTS = ("m",)
 
     def __init__(self, binary_params: Iterable[Parameter], threshold: float = 1e-8, gamma: float = 1e-4) -> None:
         super().__init__(binary_params, gamma)
@@ -280,21 +334,35 @@ class CombinedOptimizer(Optimizer):
                 "arrays": arrays}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned into each member."""
-        hypers = state["hyper"].get("optimizers", [])
-        if len(hypers) != len(self.optimizers):
-            raise ValueError(f"CombinedOptimizer.load_state_dict: the state has {len(hypers)} optimizers, "
-                             f"this one has {len(self.optimizers)}")
-        offset = 0
-        for o, hyper in zip(self.optimizers, hypers):
-            n, arrays = len(o.params), {}
-            for key, a in state["arrays"].items():
-                index, _, slot = key.partition(".")
+        """Restore what ``state_dict`` returned into each member (all checked before any is changed)."""
+        self._checked(state)()
+
+    def _checked(self, state: dict[str, Any]) -> Callable[[], None]:
+        """Check ``state`` completely; return the function that restores it."""
+        hyper = state.get("hyper") if isinstance(state, dict) else None
+        arrays = state.get("arrays") if isinstance(state, dict) else None
+        hypers = hyper.get("optimizers") if isinstance(hyper, dict) else None
+        if not isinstance(hypers, list) or not isinstance(arrays, dict) or len(hypers) != len(self.optimizers):
+            raise ValueError(f"CombinedOptimizer.load_state_dict: expected the states of {len(self.optimizers)} "
+                             f"optimizers, got {str(hypers)[:80]}")
+        step_count = _step_count("CombinedOptimizer", "step_count", hyper.get("step_count"))
+        restores, offset, claimed = [], 0, 0
+        for o, member in zip(self.optimizers, hypers):
+            n, mine = len(o.params), {}
+            for key, a in arrays.items():
+                index, _, slot = str(key).partition(".")
                 if index.isdigit() and offset <= int(index) < offset + n:
-                    arrays[f"{int(index) - offset}.{slot}"] = a
-            o.load_state_dict({"hyper": hyper, "arrays": arrays})
-            offset += n
-        self.step_count = int(state["hyper"]["step_count"])
+                    mine[f"{int(index) - offset}.{slot}"] = a
+            restores.append(o._checked({"hyper": member, "arrays": mine}))
+            offset, claimed = offset + n, claimed + len(mine)
+        if claimed != len(arrays):
+            raise ValueError(f"CombinedOptimizer.load_state_dict: {len(arrays) - claimed} arrays belong to no member")
+
+        def restore() -> None:
+            for member_restore in restores:
+                member_restore()
+            self.step_count = step_count
+        return restore
 
     def __repr__(self) -> str:
         return "CombinedOptimizer(" + ", ".join(map(repr, self.optimizers)) + ")"
@@ -336,7 +404,15 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore the counter and set the matching lr."""
-        self.t = int(state["t"])
+        self._checked(state)()
+
+    def _checked(self, state: dict[str, int]) -> Callable[[], None]:
+        """Check ``state``; return the function that restores it."""
+        t = _step_count(type(self).__name__, "t", state.get("t") if isinstance(state, dict) else None)
+        return lambda: self._restore(t)
+
+    def _restore(self, t: int) -> None:
+        self.t = t
         self.optimizer.lr = self.lr_at(self.t)
 
 

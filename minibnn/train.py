@@ -55,13 +55,15 @@ def evaluate(model, loader, progress: bool = False) -> dict[str, float]:
     xp = backend.xp()
     total_loss, correct, count = xp.zeros((), np.float64), xp.zeros((), np.int64), 0
     start = time.perf_counter()
-    with no_grad():
-        for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            logits = model(Tensor(x))
-            total_loss += F.cross_entropy(logits, y).data * len(y)
-            correct += _correct(logits, y)
-            count += len(y)
-    model.train(was_training)
+    try:
+        with no_grad():
+            for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+                logits = model(Tensor(x))
+                total_loss += F.cross_entropy(logits, y).data * len(y)
+                correct += _correct(logits, y)
+                count += len(y)
+    finally:  # the caller's mode comes back even when a batch fails
+        model.train(was_training)
     total_loss, correct = (float(v) for v in backend.to_numpy(xp.stack([total_loss, correct.astype(np.float64)])))
     elapsed = time.perf_counter() - start
     if count == 0:
@@ -119,11 +121,11 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     total_loss, correct, count, stopped = 0.0, 0, 0, False
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y) in _batches(bar, epoch, getattr(loader, "batch_size", "?")):
         try:
             value, right = train_step(model, optimizer, x, y, epoch, step)
         except MemoryError as exc:  # cupy's OutOfMemoryError is a MemoryError too
-            raise _out_of_memory(exc, f"epoch {epoch + 1}, step {step + 1}", len(y)) from exc
+            raise _out_of_memory(exc, f"epoch {epoch + 1}, step {step + 1}", len(y), x) from exc
         if schedule is not None:
             schedule.step()
         total_loss += value * len(y)
@@ -146,10 +148,35 @@ def _train_epoch(model, loader, optimizer, schedule, epoch: int, epochs: int, pr
     return record
 
 
-def _out_of_memory(exc: MemoryError, where: str, batch_size: int) -> TrainingOutOfMemory:
+def _batches(batches, epoch: int, batch_size):
+    """(step, batch) pairs; a batch the loader cannot allocate raises TrainingOutOfMemory."""
+    it, step = iter(batches), 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except MemoryError as exc:
+            raise _out_of_memory(exc, f"epoch {epoch + 1}, step {step + 1} (loading the batch)", batch_size) from exc
+        yield step, batch
+        step += 1
+
+
+def _out_of_memory(exc: MemoryError, where: str, batch_size: int, batch=None) -> TrainingOutOfMemory:
+    """The error fit() raises when memory runs out: where, the batch size, the input batch's shape and
+    bytes, and the failed allocation (NumPy's and CuPy's messages give its shape and size)."""
+    sizes = ""
+    if batch is not None and hasattr(batch, "shape"):
+        sizes = (f" (input batch of shape {tuple(batch.shape)}, {batch.dtype}, "
+                 f"{_megabytes(batch.nbytes)})")
     return TrainingOutOfMemory(
-        f"out of memory at {where} with batch size {batch_size} on backend {backend.current()!r}: lower the "
-        f"batch size (--batch-size); the last checkpoint is kept as it was ({type(exc).__name__}: {exc})")
+        f"out of memory at {where} with batch size {batch_size}{sizes} on backend {backend.current()!r}: "
+        f"lower the batch size (--batch-size); the last checkpoint is kept as it was "
+        f"({type(exc).__name__}: {exc})")
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
 
 
 def train_step(model, optimizer, x, y, epoch: int = 0, step: int = 0) -> tuple[float, int]:
@@ -219,30 +246,84 @@ def save_checkpoint(folder, model, optimizer, schedule, epoch: int, history: His
     return io.write_pair(Path(folder) / CHECKPOINT, header, arrays, versioned=True)
 
 
-def load_checkpoint(folder, model, optimizer, schedule=None) -> tuple[int, History]:
-    """Restore a checkpoint written by save_checkpoint; return (next epoch, history)."""
+def load_checkpoint(folder, model, optimizer, schedule=None, allow_nonfinite: bool = False) -> tuple[int, History]:
+    """Restore a checkpoint written by save_checkpoint; return (next epoch, history).
+
+    Everything in the file is checked first (settings by type and range, arrays by shape, dtype and
+    finiteness); a bad file raises ModelFileError naming it and leaves model, optimizer, schedule and
+    the random generator as they were.
+    """
+    json_path = Path(folder) / f"{CHECKPOINT}.json"
     header, arrays = io.read_pair(Path(folder) / CHECKPOINT, fmt="minibnn-checkpoint")
-    if header.get("architecture") != model.to_config():
-        raise io.ModelFileError(f"{Path(folder) / CHECKPOINT}.json: the checkpoint was written for another architecture")
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-    optimizer.load_state_dict({"hyper": header["optimizer"],
-                               "arrays": {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}})
-    if schedule is not None and header.get("schedule") is not None:
-        schedule.load_state_dict(header["schedule"])
+    try:
+        if header.get("architecture") != model.to_config():
+            raise ValueError("the checkpoint was written for another architecture")
+        io.check_finite(json_path, arrays, allow_nonfinite)
+        epoch, history = header.get("epoch"), header.get("history")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 2**31:
+            raise ValueError(f"epoch must be an int >= 0, got {str(epoch)[:40]}")
+        if not isinstance(history, list) or len(history) > epoch + 1 or not all(map(_is_record, history)):
+            raise ValueError(f"history must list a record of numbers per epoch (up to {epoch + 1}), "
+                             f"got {str(history)[:80]}")
+        model_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+        optim_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+        if len(model_arrays) + len(optim_arrays) != len(arrays):
+            raise ValueError("arrays must be named model/... or optim/...")
+        staged = _staged_model(model, model_arrays)
+        restores = [_restorer(optimizer, {"hyper": header.get("optimizer"), "arrays": optim_arrays})]
+        if schedule is not None and header.get("schedule") is not None:
+            restores.append(_restorer(schedule, header["schedule"]))
+        random.check_state(header.get("rng"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise io.ModelFileError(f"{json_path}: {exc}") from None
+    model.load_state_dict(staged)
+    for restore in restores:  # the schedule's after the optimizer's: it sets the lr
+        restore()
     random.set_state(header["rng"])
-    history = list(header["history"])
+    history = list(history)
     if history and history[-1].get("stopped_early"):  # a time budget cut that epoch short: redo it
-        return header["epoch"], History(history[:-1])
-    return header["epoch"] + 1, History(history)
+        return epoch, History(history[:-1])
+    return epoch + 1, History(history)
+
+
+def _is_record(record) -> bool:
+    """A history record: names mapped to numbers (a validation loss may be infinite)."""
+    return isinstance(record, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in record.items())
+
+
+def _staged_model(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` checked against the model's parameters and buffers (names, shapes, floating dtypes)."""
+    expected = dict(model.state_dict())
+    if set(arrays) != set(expected):
+        raise ValueError(f"model arrays differ from the model's: missing {sorted(set(expected) - set(arrays))[:5]}, "
+                         f"unknown {sorted(set(arrays) - set(expected))[:5]}")
+    for name, a in arrays.items():
+        if a.shape != expected[name].shape or a.dtype.kind != "f":
+            raise ValueError(f"model array {name} is {a.dtype}{list(a.shape)}, the model has "
+                             f"{expected[name].dtype}{list(expected[name].shape)}")
+    return arrays
+
+
+def _restorer(owner, state: dict):
+    """Check an optimizer's or schedule's state completely; return the function that restores it."""
+    checked = getattr(owner, "_checked", None)
+    if checked is not None:
+        return checked(state)
+    return lambda: owner.load_state_dict(state)  # a user's class: its own checks
 
 
 def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class predictions of ``model`` (eval mode) for a batch of images."""
+    """Class predictions of ``model`` (run in eval mode, then left in the mode it was in) for images."""
+    was_training = model.training
     model.train(False)  # evaluation mode
     out = []
-    with no_grad():
-        for i in range(0, len(images), batch_size):
-            out.append(backend.to_numpy(model(Tensor(images[i : i + batch_size])).data).argmax(axis=1))
+    try:
+        with no_grad():
+            for i in range(0, len(images), batch_size):
+                out.append(backend.to_numpy(model(Tensor(images[i : i + batch_size])).data).argmax(axis=1))
+    finally:
+        model.train(was_training)
     return np.concatenate(out)
 
 

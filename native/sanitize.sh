@@ -7,6 +7,8 @@
 #   4. clang, when `command -v clang` finds one: sanitizers (when its runtime links), with and
 #      without OpenMP (with only when it links)
 #   5. the NEON path, when aarch64-linux-gnu-gcc and qemu-aarch64 exist (static build run under qemu)
+#   6. the cffi extension built with gcc's sanitizers, driven from Python by tests/test_native_boundary.py
+#      (sanitize_python.sh; skipped, saying why, without libasan or the Python test dependencies)
 # Usage: native/sanitize.sh [cases]   (cases per kernel in the driver, default 60)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,4 +59,5 @@ if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64 >
 else
     echo "== no aarch64 cross compiler + qemu: skipped the NEON build"
 fi
+bash sanitize_python.sh
 echo "sanitize.sh: no reports"

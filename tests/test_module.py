@@ -127,6 +127,55 @@ def test_bn_running_stats_move_only_in_training(seeded):
     assert not np.allclose(before["1.running_mean"], model.state_dict()["1.running_mean"])
 
 
+class BatchNormReference:
+    """Batch norm with PyTorch's conventions in plain float64 NumPy: training normalises with the biased
+    batch variance and moves running_mean / running_var by ``momentum`` towards the batch mean and the
+    unbiased batch variance (n = all values per channel: N, or N*L, or N*H*W); eval uses the running ones."""
+
+    def __init__(self, c, eps=1e-5, momentum=0.1):
+        self.mean, self.var, self.eps, self.momentum = np.zeros(c), np.ones(c), eps, momentum
+
+    def __call__(self, x, weight, bias, training):
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if training:
+            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            n = x.size // x.shape[1]
+            self.mean = (1 - self.momentum) * self.mean + self.momentum * mean
+            self.var = (1 - self.momentum) * self.var + self.momentum * var * n / (n - 1)
+        else:
+            mean, var = self.mean, self.var
+        return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + self.eps) * weight.reshape(shape) \
+            + bias.reshape(shape)
+
+
+@pytest.mark.parametrize("layer, shape, momentum", [
+    (nn.BatchNorm1d, (6, 3), 0.1), (nn.BatchNorm1d, (4, 3, 5), 0.1), (nn.BatchNorm2d, (3, 2, 4, 5), 0.1),
+    (nn.BatchNorm2d, (2, 3, 3, 2), 0.3)])
+def test_batch_norm_layer_running_statistics_match_a_numpy_reference(layer, shape, momentum):
+    """Several training steps on different batches, eval steps in between and after: outputs and running
+    statistics of the layer follow the NumPy reference (no torch needed)."""
+    rng = np.random.default_rng(3)
+    c = shape[1]
+    bn = layer(c) if momentum == 0.1 else layer(c, momentum=momentum)
+    assert bn.eps == 1e-5 and bn.momentum == momentum
+    bn.weight.data[...] = rng.uniform(0.5, 2, c)
+    bn.bias.data[...] = rng.standard_normal(c)
+    ref = BatchNormReference(c, momentum=momentum)
+    np.testing.assert_array_equal(bn.running_mean, ref.mean)  # starts at mean 0, variance 1
+    np.testing.assert_array_equal(bn.running_var, ref.var)
+    w, b = bn.weight.numpy().astype(np.float64), bn.bias.numpy().astype(np.float64)
+    for step, training in enumerate([True, True, False, True, False]):
+        x = (rng.standard_normal(shape) * (1 + step) + 2 * step - 1).astype(np.float32)  # stats move per step
+        bn.train(training)
+        y = bn(Tensor(x)).numpy()
+        want = ref(x.astype(np.float64), w, b, training)
+        np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5, err_msg=f"step {step}")
+        np.testing.assert_allclose(bn.running_mean, ref.mean, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        np.testing.assert_allclose(bn.running_var, ref.var, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+        assert bn.running_mean.dtype == bn.running_var.dtype == np.float32
+
+
 def test_config_round_trip_rebuilds_the_same_model(seeded):
     model = make_model()
     config = model.to_config()

@@ -206,6 +206,48 @@ def test_bop_flips_exactly_where_momentum_agrees():
     np.testing.assert_allclose(opt.state[0]["m"], [0.1, -0.125, -0.15, 0.075])
 
 
+def bop_ref(w, gs, threshold, gamma):
+    """Bop on one parameter: m = (1 - gamma) m + gamma g; flip w where w * m > threshold (strictly)."""
+    w, m = np.where(w >= 0, 1.0, -1.0), np.zeros_like(w)
+    for g in gs:
+        m = (1 - gamma) * m + gamma * g
+        w = np.where(w * m > threshold, -w, w)
+    return w, m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bop_does_not_flip_at_the_threshold(dtype):
+    """w * m == threshold exactly (powers of two: no rounding) keeps w; just above flips it."""
+    threshold, gamma = 0.125, 0.5
+    w0 = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype)
+    # m = gamma * g = [0.125, -0.125, 0.125 + 2^-10, -(0.125 + 2^-10), 0.0625, -0.0625]
+    g = np.array([0.25, -0.25, 0.25 + 2.0**-9, -0.25 - 2.0**-9, 0.125, -0.125], dtype)
+    p = Parameter(w0.copy(), clip=1.0)
+    opt = optim.Bop([p], threshold=threshold, gamma=gamma)
+    p.grad = g.copy()
+    opt.step()
+    m = opt.state[0]["m"]
+    assert (p.data.astype(np.float64)[:2] * m[:2] == threshold).all()  # the tie really is a tie
+    ref_w, ref_m = bop_ref(w0.astype(np.float64), [g.astype(np.float64)], threshold, gamma)
+    np.testing.assert_array_equal(m, ref_m)
+    np.testing.assert_array_equal(p.data, ref_w)
+    np.testing.assert_array_equal(p.data, [1, -1, -1, 1, 1, -1])  # ties kept, the two above flipped
+    assert opt.flip_ratio == pytest.approx(2 / 6)
+
+    # momentum that reaches the threshold on the second step (m = 0.0625, then 0.03125 + 0.09375)
+    q = Parameter(np.array([1.0, -1.0], dtype), clip=1.0)
+    opt = optim.Bop([q], threshold=threshold, gamma=gamma)
+    gs = [np.array([0.125, -0.125], dtype), np.array([0.1875, -0.1875], dtype)]
+    for gi in gs:
+        q.grad = gi.copy()
+        opt.step()
+    ref_w, ref_m = bop_ref(np.array([1.0, -1.0]), [gi.astype(np.float64) for gi in gs], threshold, gamma)
+    np.testing.assert_array_equal(opt.state[0]["m"], [threshold, -threshold])
+    np.testing.assert_array_equal(opt.state[0]["m"], ref_m)
+    np.testing.assert_array_equal(q.data, ref_w)
+    np.testing.assert_array_equal(q.data, [1, -1])
+
+
 def test_bop_lr_is_gamma():
     opt = optim.Bop([Parameter(np.ones(2), clip=1.0)], gamma=1e-3)
     assert opt.lr == 1e-3

@@ -6,8 +6,11 @@ NEON on aarch64, a scalar path everywhere), OpenMP threads. The extension module
 ``python native/build_native.py``.
 
 Every argument is checked here (dtype, C-contiguity, alignment, shapes, sizes, zero tail bits unless
-``check_tails=False``) before a pointer reaches C; a bad one raises ValueError naming it. Python
-allocates every output. Arrays stay NumPy arrays (``xp = numpy``).
+``check_tails=False``) before a pointer reaches C; a bad one raises ValueError naming it. Arrays are
+never copied to fix their layout, except the input of pack_bits / pack_channels; ``out`` must be
+writable and share no memory with any input. Python allocates every output. Arrays stay NumPy
+arrays (``xp = numpy``). The C calls release the GIL (cffi API mode) and keep no shared mutable
+state, so several Python threads may call them at once (tests/test_native_boundary.py).
 """
 from __future__ import annotations
 
@@ -109,26 +112,26 @@ def pack_bits(x: numpy.ndarray, axis: int = -1) -> numpy.ndarray:
     """Sign-and-pack ``x`` along ``axis`` into uint64 words (bit 1 = x >= 0, LSB first, tail bits 0).
 
     The packed axis moves last. float32 input is packed by C in one read of the floats (a
-    non-contiguous input is copied first); other real dtypes go through the NumPy reference.
+    non-contiguous or misaligned input is copied first); other real dtypes go through the NumPy reference.
     """
     _ref.check_host("x", x, name)
     x = numpy.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"x must be a real (bool, int or float) array, got dtype {x.dtype}")
-    if x.dtype != numpy.float32:
-        return _ref.pack_bits(x, axis)
     if x.ndim == 0:
         raise ValueError("x must have at least one axis to pack along, got a 0-d array")
     if isinstance(axis, bool) or not isinstance(axis, (int, numpy.integer)) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape {x.shape}, got {axis!r}")
     axis = int(axis) % x.ndim
+    if x.dtype != numpy.float32:
+        return _ref.pack_bits(x, axis)
     k = x.shape[axis]
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
     out = numpy.empty(x.shape[:axis] + x.shape[axis + 1:] + (_ref.n_words(k),), dtype=numpy.uint64)
     if out.size == 0:
         return out
     if not (x.flags.c_contiguous and x.flags.aligned):
-        x = numpy.ascontiguousarray(x)
+        x = x.copy(order="C")  # a new buffer (numpy.ascontiguousarray keeps a contiguous, misaligned one)
     if inner == 1:
         rc = _lib.mbk_pack_rows_f32(_ptr("float[]", x), outer, k, _ptr("uint64_t[]", out))
     else:  # a middle axis: (outer, k, inner) -> (outer, inner, words), no transposed copy
@@ -212,6 +215,7 @@ def xnor_gemm_threshold(a_words: numpy.ndarray, b_words: numpy.ndarray, k: int, 
     k = _ref.check_gemm(a_words, b_words, k, out, numpy.uint64, True, out_cols=_ref.n_words(n),
                         check_tails=check_tails, **_ON)
     _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True, **_ON)
+    _ref.check_disjoint(out, threshold=threshold, flip=flip)  # C zeroes out before it reads them
     if out.size:
         m = out.shape[0]
         if k == 0:
@@ -306,5 +310,6 @@ def binary_conv2d_threshold(x_words: numpy.ndarray, w_words: numpy.ndarray, chan
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.uint64, True,
                         correction, packed_out=True, check_tails=check_tails, **_ON)
     _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True, **_ON)
+    _ref.check_disjoint(out, threshold=threshold, flip=flip)  # C zeroes out before it reads them
     _conv(x_words, w_words, g, correction, out, threshold=threshold, flip=flip)
     return out

@@ -41,15 +41,36 @@ class IDXError(ValueError):
     """A malformed, truncated or corrupt IDX file (the message names the file)."""
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Return the file's content, decompressed if it starts with the gzip magic."""
+MAX_BYTES = 1 << 33  # decompressed files larger than this (8 GiB) are refused; MNIST is 47 MB
+_CHUNK = 1 << 22
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes:
+    """Return the file's content, decompressed if it starts with the gzip magic.
+
+    Decompression runs in chunks and stops past ``max_bytes``, so a small file that inflates to
+    terabytes is refused, not allocated; the CRC and length in the gzip trailer are checked.
+    """
     data = Path(path).read_bytes()  # FileNotFoundError names the path
     if not data.startswith(GZIP_MAGIC):
         return data
+    inflate, out, tail = zlib.decompressobj(wbits=31), bytearray(), data
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise IDXError(f"{path}: corrupt gzip stream: {exc}") from exc
+        while not inflate.eof:
+            chunk = inflate.decompress(tail, _CHUNK)
+            tail = inflate.unconsumed_tail
+            out += chunk
+            if len(out) > max_bytes:
+                raise IDXError(f"{path}: decompresses to more than {max_bytes} bytes (limit max_bytes)")
+            if not chunk and not tail:
+                break
+    except zlib.error as exc:
+        raise IDXError(f"{path}: corrupt gzip stream: {exc}") from None
+    if not inflate.eof:
+        raise IDXError(f"{path}: corrupt gzip stream: truncated (the stream ends early)")
+    if inflate.unused_data:
+        raise IDXError(f"{path}: corrupt gzip stream: {len(inflate.unused_data)} bytes after its end")
+    return bytes(out)
 
 
 def md5_of_decompressed(path: str | os.PathLike) -> str:

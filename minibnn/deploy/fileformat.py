@@ -19,7 +19,8 @@ from minibnn.deploy.convert import Fold, fold_plan
 from minibnn.deploy.model import PackedModel, replace_leaf, submodule
 from minibnn.deploy.ops import (OPS, BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, FloatLayer, Folded,
                                 PackedOp, QuantizedLayer)
-from minibnn.io import ModelFileError, read_pair, split_path, write_pair
+from minibnn.io import ModelFileError, check_finite, read_pair, split_path, write_pair
+from minibnn.nn.init import SLACK_BYTES, allocation_limit
 from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import QConv2d, _QLayer
 
@@ -48,17 +49,29 @@ def _file_sizes(json_path: Path, npz_name: str | None) -> dict[str, int]:
     return {str(p): p.stat().st_size for p in (json_path, npz_path) if p.exists()}
 
 
-def load(path: str | os.PathLike) -> PackedModel:
-    """Read a packed model written by ``save`` / ``minibnn convert``; every array and layer is checked."""
+# The float architecture is rebuilt to check the layers against it: it may allocate this many times the
+# bytes of the stored arrays (float32 for 1-bit weights is 32x), and no more, so an edited one declaring
+# huge layers is refused before it is allocated.
+ARCHITECTURE_BYTES_PER_STORED_BYTE = 40
+
+
+def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> PackedModel:
+    """Read a packed model written by ``save`` / ``minibnn convert``; every array and layer is checked.
+
+    Float arrays holding NaN or infinity are refused, naming the array, unless ``allow_nonfinite``.
+    """
     with random.preserved():  # building modules draws initial weights that are then replaced
-        return _load(path)
+        return _load(path, allow_nonfinite)
 
 
-def _load(path: str | os.PathLike) -> PackedModel:
+def _load(path: str | os.PathLike, allow_nonfinite: bool) -> PackedModel:
     json_path = split_path(path)[0]
     header, arrays = read_pair(path, FORMAT, VERSION)
+    check_finite(json_path, arrays, allow_nonfinite)
+    limit = ARCHITECTURE_BYTES_PER_STORED_BYTE * sum(a.nbytes for a in arrays.values()) + SLACK_BYTES
     try:
-        root = from_config(header["architecture"])
+        with allocation_limit(limit, "the packed arrays are far smaller, so they do not come from this architecture"):
+            root = from_config(header["architecture"])
         layers = header["layers"]
         if not isinstance(layers, dict):
             raise ValueError("'layers' must be an object")

@@ -29,6 +29,7 @@ from minibnn import functional as F
 from minibnn.backend import bitserial
 from minibnn.backend import numpy_ref as ref
 from minibnn.autograd import Tensor, no_grad
+from minibnn.nn.init import SLACK_BYTES, allocation_limit
 from minibnn.nn.module import Module, from_config
 from minibnn.nn.quantized import _quantize_input
 
@@ -144,7 +145,9 @@ class FloatLayer(PackedOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "FloatLayer":
-        module = from_config(config["module"])
+        with allocation_limit(sum(a.nbytes for a in arrays.values()) + SLACK_BYTES,
+                              "the layer's arrays are smaller, so they do not fit this module"):
+            module = from_config(config["module"])
         module.load_state_dict(arrays)
         return cls(module)
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from minibnn import functional as F
 from minibnn.autograd import Tensor
-from minibnn.functional.conv import pair
+from minibnn.nn import arguments as A
 from minibnn.nn import init
 from minibnn.nn.module import Module, Parameter
 
@@ -42,6 +41,8 @@ class Dense(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
+        in_features, out_features = A.count("Dense", "in_features", in_features), A.count("Dense", "out_features", out_features)
+        A.flag("Dense", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features))
         self.bias = Parameter(init.bias_uniform(out_features, in_features)) if bias else None
@@ -56,7 +57,11 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True) -> None:
         super().__init__()
-        kh, kw = pair(kernel_size, "kernel_size")
+        in_channels, out_channels = A.count("Conv2d", "in_channels", in_channels), A.count("Conv2d", "out_channels", out_channels)
+        kh, kw = A.pair("Conv2d", "kernel_size", kernel_size, 1)
+        A.pair("Conv2d", "stride", stride, 1), A.pair("Conv2d", "padding", padding, 0)
+        A.pair("Conv2d", "dilation", dilation, 1), A.flag("Conv2d", "bias", bias)
+        groups = A.count("Conv2d", "groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: channels {in_channels}->{out_channels} not divisible by groups={groups}")
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
@@ -71,11 +76,15 @@ class Conv2d(Module):
 class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
         super().__init__()
+        owner = type(self).__name__
+        num_features = A.count(owner, "num_features", num_features)
+        eps, momentum = A.real(owner, "eps", eps, 0, 1, open_lo=True), A.real(owner, "momentum", momentum, 0, 1)
+        A.flag(owner, "affine", affine)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight = Parameter(np.ones(num_features, np.float32)) if affine else None
-        self.bias = Parameter(np.zeros(num_features, np.float32)) if affine else None
-        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
-        self.register_buffer("running_var", np.ones(num_features, np.float32))
+        self.weight = Parameter(init.constant(num_features, 1.0)) if affine else None
+        self.bias = Parameter(init.constant(num_features, 0.0)) if affine else None
+        self.register_buffer("running_mean", init.constant(num_features, 0.0))
+        self.register_buffer("running_var", init.constant(num_features, 1.0))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
@@ -96,11 +105,20 @@ class BatchNorm2d(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine)
 
 
+def _check_pool(owner: str, kernel_size, stride, padding) -> None:
+    kernel, pad = A.pair(owner, "kernel_size", kernel_size, 1), A.pair(owner, "padding", padding, 0)
+    if stride is not None:
+        A.pair(owner, "stride", stride, 1)
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"{owner}: padding {padding} must be at most half the kernel size {kernel_size}")
+
+
 class MaxPool2d(Module):
     """Max pooling (stride defaults to kernel_size)."""
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
+        _check_pool(type(self).__name__, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,6 +130,7 @@ class AvgPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
+        _check_pool(type(self).__name__, kernel_size, stride, padding)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,8 +156,9 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        p = A.real("Dropout", "p", p, 0, 1)
+        if p == 1:
+            raise ValueError("Dropout: p must be in [0, 1), got 1")
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
@@ -157,6 +177,9 @@ class HardTanh(Module):
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
         super().__init__()
+        min_val, max_val = A.real("HardTanh", "min_val", min_val), A.real("HardTanh", "max_val", max_val)
+        if not min_val < max_val:
+            raise ValueError(f"HardTanh: min_val must be below max_val, got {min_val} and {max_val}")
         self.min_val, self.max_val = min_val, max_val
 
     def forward(self, x: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from minibnn.nn.layers import (
     BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten, GlobalAvgPool2d, Identity, MaxPool2d, ReLU,
     Sequential, Tanh,
 )
+from minibnn.nn import arguments as A
 from minibnn.nn.module import Module
 from minibnn.nn.quantized import QConv2d, QDense
 
@@ -73,6 +74,7 @@ class BasicBlock(Module):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"BasicBlock: shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+        stride = A.count("BasicBlock", "stride", stride)
         bits = dict(act_bit=act_bit, weight_bit=weight_bit)
         self.conv1 = QConv2d(in_channels, out_channels, 3, stride=stride, padding=1, **bits)
         self.bn1 = BatchNorm2d(out_channels)
@@ -96,6 +98,12 @@ class ResNet(Module):
     def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
                  act_bit: int = 1, weight_bit: int = 1, width: int = 64, shortcut: str = "float") -> None:
         super().__init__()
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise ValueError(f"ResNet: blocks must be a non-empty list of block counts, got {blocks!r}")
+        blocks = [A.count("ResNet", "blocks", b, 0, 64) for b in blocks]
+        if len(blocks) > 8:
+            raise ValueError(f"ResNet: at most 8 stages (the width doubles per stage), got {len(blocks)}")
+        width = A.count("ResNet", "width", width, 1, 1 << 16)
         self.stem = Sequential(Conv2d(in_channels, width, 3, padding=1, bias=False), BatchNorm2d(width))
         layers: list[Module] = []
         cin = width

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import types
+import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,6 +158,7 @@ class Module:
             if missing or unexpected:
                 raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {sorted(missing)}, "
                                f"unexpected keys {sorted(unexpected)}")
+        checked = []  # every array is checked before any is copied, so a failure changes nothing
         for name, value in state.items():
             if name not in expected:
                 continue
@@ -163,6 +167,11 @@ class Module:
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape}, "
                                  f"the model expects {tuple(current.shape)}")
+            if value.dtype.kind not in "fiub":
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {name} has dtype {value.dtype}, "
+                                 "expected real numbers")
+            checked.append((current, value))
+        for current, value in checked:
             current[...] = backend.get_array_module(current).asarray(value, dtype=current.dtype)
 
     # ---- architecture as JSON ---------------------------------------------------------
@@ -182,22 +191,122 @@ class Module:
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
 
 
+MAX_CONFIG_DEPTH = 64  # nested containers in an architecture (ResNet-18 needs 6)
+
+
 def from_config(config: dict[str, Any]) -> Module:
-    """Rebuild a module from ``to_config`` output (only registered Module classes are built)."""
-    if not isinstance(config, dict) or "type" not in config or not isinstance(config.get("args", {}), dict):
-        raise ValueError(f"not a module description: {str(config)[:200]}")
+    """Rebuild a module from ``to_config`` output (only registered Module classes are built).
+
+    Every argument is checked against the constructor's type hints before anything is built (an
+    int where an int belongs, a finite number where a float does, and so on), so a description
+    read from a file fails with a ValueError naming the module and the argument, never another
+    exception. The constructors check the ranges.
+    """
+    _check_depth(config)
+    return _build(config, "")
+
+
+def _build(config: Any, where: str) -> Module:
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str) or \
+            not isinstance(config.get("args", {}), dict):
+        raise ValueError(f"{where or 'architecture'}: not a module description: {str(config)[:200]}")
     cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"unknown module type {config['type']!r}; known types: {sorted(_REGISTRY)}")
-    args = {k: _decode(v) for k, v in config.get("args", {}).items()}
-    positional = [  # a *layers parameter (Sequential) is passed positionally
-        v for k, p in inspect.signature(cls.__init__).parameters.items()
-        if p.kind is inspect.Parameter.VAR_POSITIONAL for v in args.pop(k, [])
-    ]
+    where = f"{where}.{cls.__name__}" if where else cls.__name__
+    args = {k: _decode(v, f"{where}.{k}") for k, v in config.get("args", {}).items()}
+    signature, hints = _signature(cls)
+    positional: list[Any] = []
+    for name, value in args.items():
+        p = signature.parameters.get(name)
+        if p is None or name == "self" or p.kind in (p.POSITIONAL_ONLY, p.VAR_KEYWORD):
+            raise ValueError(f"{where}: unknown argument {name!r}")
+        if p.kind is p.VAR_POSITIONAL:  # a *layers parameter (Sequential) is passed positionally
+            if not isinstance(value, list):
+                raise ValueError(f"{where}: {name} must be a list, got {type(value).__name__}")
+            bad = [i for i, v in enumerate(value) if not _conforms(v, hints.get(name, Any))]
+            if bad:
+                raise ValueError(f"{where}: item {bad[0]} of {name} is {_kind(value[bad[0]])}")
+            positional = value
+        elif not _conforms(value, hints.get(name, Any)):
+            raise ValueError(f"{where}: argument {name} must be {_describe(hints.get(name, Any))}, "
+                             f"got {_kind(value)}")
+    kwargs = {k: v for k, v in args.items() if signature.parameters[k].kind is not inspect.Parameter.VAR_POSITIONAL}
     try:
-        return cls(*positional, **args)
+        return cls(*positional, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"cannot build {config['type']} from arguments {args}: {exc}") from None
+        raise ValueError(f"cannot build {where} from arguments {str(args)[:300]}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(cls: type) -> tuple[inspect.Signature, dict[str, Any]]:
+    """A constructor's signature and resolved type hints (cached: building a model asks often)."""
+    return inspect.signature(cls.__init__), typing.get_type_hints(cls.__init__)
+
+
+def _check_depth(config: Any) -> None:
+    """Refuse descriptions nested deeper than MAX_CONFIG_DEPTH (checked without recursion)."""
+    stack = [(config, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"architecture nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a decoded JSON value fits a constructor's type hint (unknown hints: any JSON value)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return _plain(value)
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in args)
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            return False
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return all(_conforms(v, args[0] if args else Any) for v in value)
+        return len(value) == len(args) and all(_conforms(v, h) for v, h in zip(value, args))
+    if isinstance(hint, type) and issubclass(hint, Module):
+        return isinstance(value, hint)
+    if hint is tuple or hint is list:
+        return isinstance(value, list) and all(_plain(v) for v in value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar (finite if a number), a module, or a list of those."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (bool, int, str, Module))
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an int", float: "a finite number", bool: "true or false", str: "a string"}
+    if hint in names:
+        return names[hint]
+    return "of type " + (hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", ""))
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {str(value)[:60]}"
 
 
 def _recording(init):
@@ -237,9 +346,11 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot describe constructor argument {value!r} as JSON")
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"module"}:
-        return from_config(value["module"])
+def _decode(value: Any, where: str = "") -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"module"}:
+            raise ValueError(f"{where}: an object argument must be {{\"module\": ...}}, got keys {sorted(value)[:5]}")
+        return _build(value["module"], where)
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, where) for v in value]
     return value

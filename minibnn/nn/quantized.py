@@ -12,7 +12,7 @@ from minibnn import functional as F
 from minibnn import quantize as Q
 from minibnn.autograd import Tensor
 from minibnn.functional.binary import kbit_conv2d, kbit_linear, xnor_conv2d, xnor_linear
-from minibnn.functional.conv import pair
+from minibnn.nn import arguments as A
 from minibnn.nn import init
 from minibnn.nn.module import Module, Parameter
 
@@ -48,7 +48,9 @@ class QActivation(Module):
     def __init__(self, act_bit: int = 1, clip: float | None = 1.0, approx: bool = False) -> None:
         super().__init__()
         self.act_bit = Q.check_bits(act_bit, "act_bit", "QActivation")
-        self.clip, self.approx = clip, approx
+        if clip is not None:
+            clip = A.real("QActivation", "clip", clip, 0, open_lo=True)
+        self.clip, self.approx = clip, A.flag("QActivation", "approx", approx)
 
     def forward(self, x: Tensor) -> Tensor:
         return _quantize_input(x, self.act_bit, self.clip, self.approx)
@@ -106,6 +108,8 @@ class QDense(_QLayer):
                  bias: bool = False, scaling=None) -> None:
         super().__init__()
         self._setup_bits(act_bit, weight_bit, scaling)
+        in_features, out_features = A.count("QDense", "in_features", in_features), A.count("QDense", "out_features", out_features)
+        A.flag("QDense", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         clip = 1.0 if self.weight_bit == 1 else None
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features), clip=clip)
@@ -130,11 +134,14 @@ class QConv2d(_QLayer):
                  scaling=None) -> None:
         super().__init__()
         self._setup_bits(act_bit, weight_bit, scaling)
-        if pad_value not in PAD_VALUES:
+        if isinstance(pad_value, bool) or pad_value not in PAD_VALUES:
             raise ValueError(f"QConv2d: pad_value must be one of {PAD_VALUES}, got {pad_value!r}")
-        kh, kw = pair(kernel_size, "kernel_size")
+        in_channels = A.count("QConv2d", "in_channels", in_channels)
+        out_channels = A.count("QConv2d", "out_channels", out_channels)
+        kh, kw = A.pair("QConv2d", "kernel_size", kernel_size, 1)
+        A.pair("QConv2d", "stride", stride, 1), A.flag("QConv2d", "bias", bias)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride, self.padding, self.pad_value = stride, pair(padding, "padding"), pad_value
+        self.stride, self.padding, self.pad_value = stride, A.pair("QConv2d", "padding", padding, 0), pad_value
         fan_in = in_channels * kh * kw
         clip = 1.0 if self.weight_bit == 1 else None
         self.weight = Parameter(init.kaiming_uniform((out_channels, in_channels, kh, kw), fan_in), clip=clip)
