@@ -291,7 +291,11 @@ def pack_channels(x):
 def unpack_bits(words, k: int):
     """Inverse of pack_bits along the last axis: float32 +-1 values of true length ``k``."""
     xp = _runtime.xp
-    words = xp.ascontiguousarray(_on_device("words", words, xp), dtype=numpy.uint64)
+    words = _on_device("words", words, xp)
+    if words.dtype != numpy.uint64 or words.ndim < 1:
+        raise ValueError(f"words must be a uint64 array with at least one axis, got {words.dtype} {words.shape}")
+    _ref.check_int("k", k, 0, 64 * words.shape[-1])
+    words = xp.ascontiguousarray(words)
     as_bytes = words.view(numpy.uint8)  # little-endian: byte j holds bits 8j..8j+7
     bits = (as_bytes[..., None] >> xp.arange(8, dtype=numpy.uint8)) & numpy.uint8(1)
     bits = bits.reshape(words.shape[:-1] + (words.shape[-1] * 64,))[..., :k]
@@ -353,6 +357,7 @@ def xnor_gemm_threshold(a_words, b_words, k: int, threshold, flip, out, check_ta
     k = _ref.check_gemm(a_words, b_words, k, out, numpy.uint64, True, out_cols=n_words(n), check_tails=check_tails,
                         xp=xp, backend=name)
     _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True, xp=xp, backend=name)
+    _ref.check_disjoint(out, xp, threshold=threshold, flip=flip)  # threads read them while others write out
     if out.size:
         _launch(_plan_gemm("mbk_xnor_gemm_threshold", a_words, b_words, k, (threshold, flip, out), packed=True))
     return out
@@ -457,6 +462,7 @@ def binary_conv2d_threshold(x_words, w_words, channels: int, stride, padding, pa
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.uint64, True,
                         correction, packed_out=True, check_tails=check_tails, xp=xp, backend=name)
     _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True, xp=xp, backend=name)
+    _ref.check_disjoint(out, xp, threshold=threshold, flip=flip)  # threads read them while others write out
     if out.size:
         _launch(_plan_conv("mbk_binary_conv2d_threshold", x_words, w_words, g, correction, (threshold, flip, out),
                            packed=True))

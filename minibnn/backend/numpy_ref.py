@@ -43,6 +43,10 @@ def pack_bits(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def unpack_bits(words: np.ndarray, k: int) -> np.ndarray:
     """Inverse of pack_bits along the last axis: float32 +-1 values of true length ``k``."""
     check_host("words", words, name)
+    words = np.asarray(words)
+    if words.dtype != np.uint64 or words.ndim < 1:
+        raise ValueError(f"words must be a uint64 array with at least one axis, got {words.dtype} {words.shape}")
+    check_int("k", k, 0, 64 * words.shape[-1])
     as_bytes = np.ascontiguousarray(words, dtype="<u8").view(np.uint8)
     bits = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :k]
     return bits.astype(np.float32) * 2 - 1
@@ -340,7 +344,7 @@ def _conv_dot(x_words, w_words, g: dict, correction) -> np.ndarray:
         padded, shape=(batch, g["oh"], g["ow"], g["kh"], g["kw"], wc),
         strides=(sn, sy * g["sh"], sx * g["sw"], sy, sx, sc))
     rows = cols.reshape(batch * g["oh"] * g["ow"], g["kh"] * g["kw"] * wc)
-    dot = _xnor_dot(rows, w_words.reshape(g["o"], -1), g["k"]).reshape(batch, g["oh"], g["ow"], g["o"])
+    dot = _xnor_dot(rows, w_words.reshape(g["o"], g["kh"] * g["kw"] * wc), g["k"]).reshape(batch, g["oh"], g["ow"], g["o"])
     if g["pad_value"] == 0:
         if correction is None:
             correction = conv_pad_correction(w_words, g["c"], (h, w), (g["sh"], g["sw"]), (ph, pw))

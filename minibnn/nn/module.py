@@ -237,13 +237,19 @@ def _build(config: Any, where: str) -> Module:
     except TypeError as exc:
         raise ValueError(f"cannot build {where} from arguments {str(args)[:300]}: {exc}") from None
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        message = str(exc)
+        message = message[len(cls.__name__) + 2:] if message.startswith(f"{cls.__name__}: ") else message
+        raise ValueError(f"{where}: {message}") from None
 
 
 @functools.lru_cache(maxsize=None)
 def _signature(cls: type) -> tuple[inspect.Signature, dict[str, Any]]:
     """A constructor's signature and resolved type hints (cached: building a model asks often)."""
-    return inspect.signature(cls.__init__), typing.get_type_hints(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - a user's class with hints that do not resolve: constructor checks only
+        hints = {}
+    return inspect.signature(cls.__init__), hints
 
 
 def _check_depth(config: Any) -> None:
