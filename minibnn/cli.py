@@ -182,6 +182,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_c(args: argparse.Namespace) -> int:
+    """Export a packed model as a C program: <name>.c/.h, the kernel sources and main.c in --out."""
+    from minibnn import deploy
+
+    packed = deploy.load(args.model_path)
+    report = deploy.export_c(packed, args.out, name=args.name,
+                             input_shape=_shape(args.input_shape) if args.input_shape else None)
+    print(report)
+    print(f"build: cc -O2 -std=c11 {args.out}/*.c -o {report.files[0].stem} -lm")
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print the per-layer summary of a saved float or packed model."""
     import minibnn
@@ -294,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", default="1,28,28",
                    help="one sample's shape: the conversion is verified on it and predict checks it (default 1,28,28)")
     c.set_defaults(run=cmd_convert)
+
+    x = sub.add_parser("export-c", help="write a packed model as a C program (no Python needed to run it)")
+    x.add_argument("model_path", help="a packed model (binarized_<name>.json from convert)")
+    x.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    x.add_argument("--name", help="C name of the model (default: the packed model's name)")
+    x.add_argument("--input-shape", help="one sample's shape (default: the packed file's)")
+    x.set_defaults(run=cmd_export_c)
 
     s = sub.add_parser("summary", help="per-layer bits, parameters, MACs and memory of a saved model")
     s.add_argument("model_path")

@@ -95,9 +95,45 @@ static inline int popcount64(uint64_t x) {
 #endif
 }
 
-/* 64-byte aligned scratch: returns the aligned pointer, *base is what free() takes. */
+/* Scratch memory: malloc and free, or, built with MBK_STATIC_SCRATCH (the C programs that
+ * minibnn.deploy.export_c writes: one thread, no allocation at run time), pieces of the buffer given
+ * to mbk_set_scratch, handed out in stack order. mbk_scratch_bytes says how much a call needs. */
+#ifdef MBK_STATIC_SCRATCH
+#ifdef _OPENMP
+#error "MBK_STATIC_SCRATCH hands out scratch from one buffer: build it without OpenMP"
+#endif
+static unsigned char *g_arena;
+static size_t g_arena_size, g_arena_used;
+
+int mbk_set_scratch(void *buffer, int64_t bytes) {
+    if (bytes < 0 || (buffer == NULL && bytes > 0)) return MBK_EINVAL;
+    g_arena = (unsigned char *)buffer, g_arena_size = (size_t)bytes, g_arena_used = 0;
+    return MBK_OK;
+}
+
+static void *scratch_alloc(size_t bytes) {
+    if (bytes > g_arena_size - g_arena_used) return NULL;
+    void *p = g_arena + g_arena_used;
+    g_arena_used += bytes;
+    return p;
+}
+
+static void scratch_free(void *p) { /* frees p and everything handed out after it */
+    if (p != NULL && (size_t)((unsigned char *)p - g_arena) < g_arena_used)
+        g_arena_used = (size_t)((unsigned char *)p - g_arena);
+}
+#else
+int mbk_set_scratch(void *buffer, int64_t bytes) {
+    (void)buffer, (void)bytes;
+    return MBK_EINVAL; /* this build allocates with malloc */
+}
+#define scratch_alloc malloc
+#define scratch_free free
+#endif
+
+/* 64-byte aligned scratch: returns the aligned pointer, *base is what scratch_free() takes. */
 static void *aligned_scratch(size_t bytes, void **base) {
-    unsigned char *p = (unsigned char *)malloc(bytes + 64);
+    unsigned char *p = (unsigned char *)scratch_alloc(bytes + 64);
     *base = p;
     if (p == NULL) return NULL;
     size_t shift = (size_t)(64 - ((uintptr_t)p & 63)) & 63;
@@ -117,7 +153,7 @@ static int env_threads(const char *name) {
 
 /* ------------------------------------------------------------------ configuration */
 
-int mbk_version(void) { return 2; }
+int mbk_version(void) { return 3; }
 
 int mbk_has_openmp(void) {
 #ifdef _OPENMP
@@ -599,6 +635,27 @@ static void run_task(const job_t *jb, block_fn block, int64_t mb, int64_t nsplit
     block(jb, src, m0, rows, p0, p1);
 }
 
+/* rows per block: the block (mb x words words) stays in L1/L2 while the panels stream by */
+static int64_t block_rows(int64_t m, int64_t words) {
+    int64_t mb = 24576 / (words * 8);
+    mb = mb < 16 ? 16 : (mb > 512 ? 512 : mb);
+    mb -= mb % MR;
+    return mb >= m ? m : mb;
+}
+
+int64_t mbk_scratch_bytes(int64_t m, int64_t n, int64_t words, int64_t conv_kw, int64_t conv_wc,
+                          int64_t conv_o, int64_t conv_taps) {
+    if (m < 0 || n < 0 || words < 0 || conv_kw < 0 || conv_wc < 0 || conv_o < 0 || conv_taps < 0) return -1;
+    const int conv = conv_kw > 0;
+    int64_t bytes = conv ? conv_kw * conv_wc * 8 : 0; /* the padding words of mbk_binary_conv2d */
+    if (m > 0 && n > 0 && words > 0) {               /* run_job, with split operands (the larger case) */
+        const int64_t panels = (n + NR - 1) / NR, mb = block_rows(m, words);
+        bytes += panels * words * NR * 2 * 8 + 64 + mb * words * 2 * 8 + 64 + (conv ? mb * words * 8 + 64 : 0);
+    }
+    const int64_t correction = conv_o * conv_taps * 8; /* mbk_conv_pad_correction, called on its own */
+    return bytes > correction ? bytes : correction;
+}
+
 static int run_job(job_t *jb) {
     const int64_t m = jb->m, n = jb->n, words = jb->words;
     if (m == 0 || n == 0) return MBK_OK;
@@ -630,11 +687,7 @@ static int run_job(job_t *jb) {
     const block_fn block = pick_block(isa);
 
     const int nthreads = mbk_get_num_threads();
-    /* rows per block: the block (mb x words words) stays in L1/L2 while the panels stream by */
-    int64_t mb = 24576 / (words * 8);
-    mb = mb < 16 ? 16 : (mb > 512 ? 512 : mb);
-    mb -= mb % MR;
-    if (mb >= m) mb = m;
+    const int64_t mb = block_rows(m, words);
     const int64_t nmb = (m + mb - 1) / mb;
     int64_t nsplit = 1;
     const int64_t target = nthreads > 1 ? 4 * (int64_t)nthreads : 1;
@@ -679,10 +732,10 @@ static int run_job(job_t *jb) {
 #endif
             err = 1;
         }
-        free(buf_base);
-        free(sbuf_base);
+        scratch_free(sbuf_base);
+        scratch_free(buf_base);
     }
-    free(bp_base);
+    scratch_free(bp_base);
     return err ? MBK_ENOMEM : MBK_OK;
 }
 
@@ -760,7 +813,7 @@ int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int6
     g.x = x, g.batch = batch, g.h = h, g.w = w, g.wc = (c + 63) / 64;
     g.kh = kh, g.kw = kw, g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw;
     g.oh = conv_out_size(h, kh, sh, ph), g.ow = conv_out_size(w, kw, sw, pw);
-    uint64_t *pad = (uint64_t *)malloc((size_t)(kw * g.wc) * sizeof(uint64_t));
+    uint64_t *pad = (uint64_t *)scratch_alloc((size_t)(kw * g.wc) * sizeof(uint64_t));
     if (pad == NULL) return MBK_ENOMEM;
     for (int64_t q = 0; q < g.wc; ++q) {
         uint64_t word = 0;
@@ -780,7 +833,7 @@ int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int6
     jb.scale = scale, jb.bias = bias, jb.out = out, jb.out_f = out_f;
     jb.thr = thr, jb.flip = flip, jb.out_bits = (uint8_t *)out_bits, jb.out_words = (o + 63) / 64;
     const int rc = run_job(&jb);
-    free(pad);
+    scratch_free(pad);
     return rc;
 }
 
@@ -792,7 +845,7 @@ int mbk_conv_pad_correction(const uint64_t *wt, int64_t o, int64_t kh, int64_t k
     if (wt == NULL || correction == NULL) return MBK_EINVAL;
     const int64_t wc = (c + 63) / 64, taps = kh * kw;
     const int64_t oh = conv_out_size(h, kh, sh, ph), ow = conv_out_size(w, kw, sw, pw);
-    int64_t *s = (int64_t *)malloc((size_t)(o * taps) * sizeof(int64_t)); /* s[tap][o] */
+    int64_t *s = (int64_t *)scratch_alloc((size_t)(o * taps) * sizeof(int64_t)); /* s[tap][o] */
     if (s == NULL) return MBK_ENOMEM;
     for (int64_t oc = 0; oc < o; ++oc)
         for (int64_t t = 0; t < taps; ++t) {
@@ -815,7 +868,7 @@ int mbk_conv_pad_correction(const uint64_t *wt, int64_t o, int64_t kh, int64_t k
                 }
             }
         }
-    free(s);
+    scratch_free(s);
     return MBK_OK;
 }
 

@@ -37,7 +37,7 @@ else:
 
 xp = numpy
 name = "native"
-_VERSION = 2  # mbk_version() of the C sources this wrapper was written for
+_VERSION = 3  # mbk_version() of the C sources this wrapper was written for
 _ON = dict(xp=numpy, backend=name)  # for the shared argument checks
 
 # kernels whose reference version is the native one too (cheap, not on a hot path)

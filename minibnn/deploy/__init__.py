@@ -6,8 +6,9 @@ runs it on the current backend's kernels and equals the model's output in evalua
 write and read ``binarized_<name>.json`` + ``.npz`` (no pickle, every array checked).
 """
 from minibnn.deploy.convert import convert, fold_plan
+from minibnn.deploy.export_c import ExportError, export_c
 from minibnn.deploy.fileformat import load, save
 from minibnn.deploy.model import PackedModel
 from minibnn.deploy.ops import Bits
 
-__all__ = ["Bits", "PackedModel", "convert", "fold_plan", "load", "save"]
+__all__ = ["Bits", "ExportError", "PackedModel", "convert", "export_c", "fold_plan", "load", "save"]
