@@ -26,7 +26,8 @@ import numpy as np
 
 from minibnn.backend import numpy_ref as ref
 from minibnn.deploy.model import PackedModel
-from minibnn.deploy.ops import BinaryConv2d, BinaryDense, FloatLayer, Folded, PackedOp, QuantizedLayer
+from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, FloatLayer, Folded, PackedOp,
+                                QuantizedLayer)
 from minibnn.functional.norm import eval_affine
 from minibnn.nn import layers as L
 from minibnn.nn.models import BasicBlock, ResNet
@@ -49,6 +50,7 @@ class Tensor:
     shape: tuple[int, ...]  # (C, H, W) whatever the layout, (K,), or the words' shape
     bits: int = 0  # channels packed into words (0: floats)
     layout: str = "chw"  # a float (C, H, W) tensor in memory: "chw", or "hwc" (channels last)
+    planes: int = 0  # k-bit activations as this many bit planes of ``bits`` channels (0: none)
 
 
 @dataclass
@@ -183,6 +185,10 @@ def _leaf(p: Program, op: PackedOp, x: Tensor, where: str) -> Tensor:
         return _binary_conv(p, op, x, where)
     if isinstance(op, BinaryDense):
         return _binary_dense(p, op, x, where)
+    if isinstance(op, (BitSerialDense, BitSerialConv2d)):
+        from minibnn.deploy.export_bitserial import emit_bitserial  # k-bit layers on bit planes
+
+        return emit_bitserial(p, op, x, where)
     if isinstance(op, QuantizedLayer):
         return _quantized(p, op, _float_in(p, x, where), where)
     if isinstance(op, FloatLayer):
