@@ -34,7 +34,8 @@ from minibnn.nn.models import BasicBlock, ResNet
 from minibnn.nn.module import Module
 from minibnn.nn.quantized import QActivation
 
-KERNEL_FILES = ("minibnn_kernels.h", "minibnn_kernels.c", "minibnn_infer.h", "minibnn_infer.c")
+KERNEL_FILES = ("minibnn_kernels.h", "minibnn_kernels.c", "minibnn_infer.h", "minibnn_infer.c", "minibnn_kbit.h",
+                "minibnn_kbit.c")
 ALIGN = 64
 
 
@@ -262,11 +263,7 @@ def _binary_conv(p: Program, op: BinaryConv2d, x: Tensor, where: str) -> Tensor:
     e = op.epilogue
     if e.post_scale is None:
         return y
-    z = _elementwise(p, y)
-    p.use(y)
-    p.emit(f"mbi_affine_hwc({p.ptr(y)}, {oh * ow}, {o}, {p.const('post_scale', e.post_scale)}, "
-           f"{p.const('post_shift', e.post_shift)}, {p.ptr(z)});")
-    return z
+    return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
 
 
 def _binary_dense(p: Program, op: BinaryDense, x: Tensor, where: str) -> Tensor:
@@ -295,11 +292,7 @@ def _binary_dense(p: Program, op: BinaryDense, x: Tensor, where: str) -> Tensor:
     e = op.epilogue
     if e.post_scale is None:
         return y
-    z = p.new((o,))
-    p.use(y)
-    p.emit(f"mbi_affine({p.ptr(y)}, {o}, 1, {p.const('post_scale', e.post_scale)}, "
-           f"{p.const('post_shift', e.post_shift)}, {p.ptr(z)});")
-    return z
+    return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
 
 
 def _quantized(p: Program, op: QuantizedLayer, x: Tensor, where: str) -> Tensor:
@@ -316,13 +309,20 @@ def _quantized(p: Program, op: QuantizedLayer, x: Tensor, where: str) -> Tensor:
         y = _conv(p, xq, weight, None, op.stride, op.padding, (1, 1), float(op.pad_value), where)
     if op.alpha is None and op.bias is None:
         return y
-    o, hw = y.shape[0], int(np.prod(y.shape[1:]))
-    shift = op.bias if op.bias is not None else np.zeros(o, np.float32)
-    scale = p.const("alpha", op.alpha) if op.alpha is not None else "NULL"
-    z = p.new(y.shape)
-    p.use(y)
-    p.emit(f"mbi_affine({p.ptr(y)}, {o}, {hw}, {scale}, {p.const('bias', shift)}, {p.ptr(z)});")
-    return z
+    shift = op.bias if op.bias is not None else np.zeros(y.shape[0], np.float32)
+    return _affine(p, y, p.const("alpha", op.alpha) if op.alpha is not None else "NULL", p.const("bias", shift))
+
+
+def _affine(p: Program, x: Tensor, scale: str, shift: str) -> Tensor:
+    """y = x * scale[c] + shift[c] per channel (scale "NULL": 1), in x's layout."""
+    y = _elementwise(p, x)
+    p.use(x)
+    c, hw = x.shape[0], int(np.prod(x.shape[1:]))
+    if x.layout == "hwc" and len(x.shape) == 3:
+        p.emit(f"mbi_affine_hwc({p.ptr(x)}, {hw}, {c}, {scale}, {shift}, {p.ptr(y)});")
+    else:
+        p.emit(f"mbi_affine({p.ptr(x)}, {c}, {hw}, {scale}, {shift}, {p.ptr(y)});")
+    return y
 
 
 def _quantize(p: Program, x: Tensor, bits: int) -> Tensor:
@@ -387,14 +387,7 @@ def _float_layer(p: Program, m: Module, x: Tensor, where: str) -> Tensor:
         if x.shape[0] != m.num_features:
             raise ExportError(f"layer {where}: expects {m.num_features} channels, gets shape {x.shape}")
         scale, shift = eval_affine(m.running_mean, m.running_var, m.weight, m.bias, m.eps, np.float32)
-        y = _elementwise(p, x)
-        p.use(x)
-        c, hw = x.shape[0], n // x.shape[0]
-        sizes = f"{hw}, {c}" if x.layout == "hwc" and len(x.shape) == 3 else f"{c}, {hw}"
-        fn = "mbi_affine_hwc" if x.layout == "hwc" and len(x.shape) == 3 else "mbi_affine"
-        p.emit(f"{fn}({p.ptr(x)}, {sizes}, {p.const('bn_scale', np.asarray(scale))}, "
-               f"{p.const('bn_shift', np.asarray(shift))}, {p.ptr(y)});")
-        return y
+        return _affine(p, x, p.const("bn_scale", np.asarray(scale)), p.const("bn_shift", np.asarray(shift)))
     if kind in (L.MaxPool2d, L.AvgPool2d):
         x = _as(p, x, "chw")
         k, s, pad, oh, ow = _pool_args(m, x, where)

@@ -1,0 +1,244 @@
+"""minibnn.deploy.export_c: the exported C program, compiled with the system compiler, against PackedModel.predict.
+
+Binary layers, batch norm, pooling, quantization and the epilogues compute the same float32
+operations in the same order as the packed model, so they agree bit for bit; the float
+convolutions and dense layers sum in another order than BLAS, so logits agree within TOLERANCE
+(relative to the largest logit) and the predicted classes are the same.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minibnn
+from minibnn import backend, deploy, models
+from minibnn import nn
+from minibnn.deploy import ExportError, export_c
+
+CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
+TOLERANCE = 1e-5
+
+DRIVER = """#include <stdio.h>
+#include "{name}.h"
+int main(void) {{
+    static float x[{NAME}_INPUT_SIZE];
+    float y[{NAME}_NUM_CLASSES];
+    while (fread(x, sizeof(float), {NAME}_INPUT_SIZE, stdin) == {NAME}_INPUT_SIZE) {{
+        int rc = {name}_predict(x, y);
+        if (rc != {NAME}_OK) return 10 + rc;
+        fwrite(y, sizeof(float), {NAME}_NUM_CLASSES, stdout);
+    }}
+    return 0;
+}}
+"""
+
+
+def compile_export(out: Path, name: str, flags: tuple[str, ...] = ("-O2",)) -> Path:
+    """Build the exported model (without its main.c) with a driver reading raw floats from stdin."""
+    (out.parent / "driver.c").write_text(DRIVER.format(name=name, NAME=name.upper()))
+    sources = [str(p) for p in sorted(out.glob("*.c")) if p.name != "main.c"]
+    exe = out.parent / f"{name}_driver"
+    result = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", *flags, *sources, str(out.parent / "driver.c"),
+                             "-I", str(out), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return exe
+
+
+def run_export(exe: Path, x: np.ndarray, classes: int) -> np.ndarray:
+    result = subprocess.run([str(exe)], input=np.ascontiguousarray(x, np.float32).tobytes(), capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return np.frombuffer(result.stdout, np.float32).reshape(len(x), classes)
+
+
+def _settled(model, shape, seed=0):
+    """The model with batch-norm statistics moved off their defaults, in eval mode."""
+    model.train()
+    model(minibnn.Tensor(np.random.default_rng(seed).normal(size=(16, *shape)).astype(np.float32)))
+    return model.eval()
+
+
+def check_export(tmp_path: Path, model, shape, name="net", samples=8, exact=False):
+    packed = deploy.convert(_settled(model, shape), input_shape=shape, name=name)
+    report = export_c(packed, tmp_path / "c")
+    exe = compile_export(tmp_path / "c", name)
+    x = np.random.default_rng(1).normal(size=(samples, *shape)).astype(np.float32)
+    want = backend.to_numpy(packed.predict(x))
+    got = run_export(exe, x, want.shape[1])
+    if exact:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * max(1.0, float(np.abs(want).max())))
+        assert (got.argmax(1) == want.argmax(1)).all()
+    return packed, report
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    minibnn.manual_seed(0)
+
+
+@pytest.mark.parametrize("act_bit, weight_bit", [(1, 1), (1, 4), (16, 16)])
+def test_lenet(tmp_path, act_bit, weight_bit):
+    check_export(tmp_path, models.lenet(act_bit, weight_bit), (1, 28, 28))
+
+
+@pytest.mark.parametrize("shortcut", ["binary", "float"])
+def test_resnet18_small(tmp_path, shortcut):
+    check_export(tmp_path, models.resnet18(in_channels=3, width=8, shortcut=shortcut), (3, 16, 16))
+
+
+def test_resnet18_full_width(tmp_path):
+    _, report = check_export(tmp_path, models.resnet18(in_channels=3), (3, 32, 32), samples=3)
+    assert report.constant_bytes < 1.6e6  # 1 bit per binary weight: about 30x smaller than float32
+
+
+def test_binary_mlp_with_bits_flowing_between_layers(tmp_path):
+    packed, _ = check_export(tmp_path, models.binary_mlp(hidden=(96, 70, 33)), (1, 28, 28))
+    assert sum(op.kind == "binary_dense" and op.emits_bits for _, op in packed.layers()) >= 1
+
+
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+@pytest.mark.parametrize("scaling, bias", [(None, False), ("channel", True)])
+def test_binary_convolutions_all_pad_values_strides_and_epilogues(tmp_path, pad_value, scaling, bias):
+    q = dict(pad_value=pad_value, scaling=scaling, bias=bias)
+    model = nn.Sequential(
+        nn.Conv2d(3, 20, 3, padding=1), nn.BatchNorm2d(20),
+        nn.QConv2d(20, 70, 3, stride=2, padding=1, **q), nn.BatchNorm2d(70),   # -> bits (threshold)
+        nn.QConv2d(70, 65, (3, 2), stride=(1, 2), padding=(2, 1), **q),         # bits in, float out
+        nn.BatchNorm2d(65), nn.ReLU(), nn.MaxPool2d(2),
+        nn.QConv2d(65, 16, 1, **q), nn.HardTanh(),
+        nn.GlobalAvgPool2d(), nn.Dense(16, 7))
+    packed, _ = check_export(tmp_path, model, (3, 13, 15))
+    assert {op.kind for _, op in packed.layers()} >= {"binary_conv2d", "folded", "float"}
+    assert any(op.kind == "binary_conv2d" and op.emits_bits for _, op in packed.layers())
+
+
+def test_float_layers_quantized_activations_and_mixed_layers(tmp_path):
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, stride=1, padding=2, dilation=2, bias=False), nn.Tanh(), nn.AvgPool2d(3, stride=2, padding=1),
+        nn.QActivation(3), nn.Dropout(0.3), nn.BatchNorm2d(8),
+        nn.QConv2d(8, 12, 3, act_bit=1, weight_bit=3, padding=1, pad_value=-1, scaling="channel", bias=True),
+        nn.Flatten(), nn.BatchNorm1d(12 * 6 * 5), nn.QDense(12 * 6 * 5, 9, act_bit=5, weight_bit=32),
+        nn.Identity(), nn.Dense(9, 4))
+    packed, _ = check_export(tmp_path, model, (2, 11, 9))
+    assert "quantized" in {op.kind for _, op in packed.layers()}
+
+
+def test_an_output_of_binary_layers_only_is_bit_exact(tmp_path):
+    """No float layer sums in another order here: the logits are the packed model's, bit for bit."""
+    model = nn.Sequential(nn.QConv2d(5, 9, 3, padding=1, pad_value=1, scaling="channel", bias=True),
+                          nn.BatchNorm2d(9), nn.Flatten(),
+                          nn.QDense(9 * 6 * 6, 6, bias=True, scaling="channel"), nn.BatchNorm1d(6))
+    check_export(tmp_path, model, (5, 6, 6), exact=True)
+
+
+def test_static_workspace_reuses_memory(tmp_path):
+    _, report = check_export(tmp_path, models.resnet18(in_channels=3, width=8), (3, 16, 16), samples=1)
+    every_tensor = 8 * 16 * 16 * 4 * 40  # what 40 activations of the first stage alone would take
+    assert 0 < report.workspace_bytes < every_tensor
+
+
+def test_the_program_is_clean_under_the_sanitizers(tmp_path):
+    packed = deploy.convert(_settled(models.resnet18(in_channels=1, width=8), (1, 12, 12)), input_shape=(1, 12, 12),
+                            name="small")
+    export_c(packed, tmp_path / "c")
+    try:
+        exe = compile_export(tmp_path / "c", "small", ("-O1", "-g", "-fsanitize=address,undefined",
+                                                       "-fno-sanitize-recover=all"))
+    except AssertionError as exc:
+        pytest.skip(f"the compiler cannot build with the sanitizers here: {str(exc)[:200]}")
+    x = np.random.default_rng(2).normal(size=(3, 1, 12, 12)).astype(np.float32)
+    want = backend.to_numpy(packed.predict(x))
+    np.testing.assert_allclose(run_export(exe, x, want.shape[1]), want, rtol=0, atol=TOLERANCE * np.abs(want).max())
+
+
+# ---------------------------------------------------------------- errors, and nothing half-written
+
+def _packed_mlp():
+    return deploy.convert(_settled(models.binary_mlp(hidden=(16, 8)), (1, 28, 28)), input_shape=(1, 28, 28),
+                          name="mlp")
+
+
+def test_an_output_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="exists and is not an empty folder"):
+        export_c(_packed_mlp(), tmp_path / "c")
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["notes.txt"]
+    export_c(_packed_mlp(), tmp_path / "empty")  # a new folder is created
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir())[:3] == ["main.c", "minibnn_infer.c", "minibnn_infer.h"]
+
+
+class Twice(nn.Module):
+    """A container whose forward the exporter cannot know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Dense(4, 4)
+
+    def forward(self, x):
+        return self.inner(self.inner(x))
+
+
+@pytest.mark.parametrize("model, shape, message", [
+    (nn.Sequential(nn.Flatten(), Twice()), (4,), r"layers.1|1: the exporter does not know the container Twice"),
+    (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten()), (4, 5, 5), "grouped convolutions"),
+    (nn.Sequential(nn.Conv2d(2, 3, 3)), (2, 5, 5), "must end in a vector of float logits"),
+])
+def test_what_the_exporter_cannot_express_is_an_error_naming_the_layer(tmp_path, model, shape, message):
+    packed = deploy.convert(model.eval(), input_shape=shape, name="odd")
+    with pytest.raises(ExportError, match=message):
+        export_c(packed, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unknown_input_shape_is_an_error(tmp_path):
+    packed = _packed_mlp()
+    packed.input_shape = None
+    with pytest.raises(ExportError, match="input shape is unknown"):
+        export_c(packed, tmp_path / "c")
+
+
+def test_cli_export_c_and_the_readme_build_command(tmp_path, capsys):
+    from minibnn.cli import main
+
+    _packed_mlp().save(tmp_path / "binarized_mlp")
+    assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "static workspace" in printed and "cc -O2 -std=c11" in printed
+    result = subprocess.run([CC, "-O2", "-std=c11", *map(str, sorted((tmp_path / "c").glob("*.c"))), "-o",
+                             str(tmp_path / "app"), "-lm"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    x = np.random.default_rng(3).random((1, 28, 28)).astype(np.float32)
+    (tmp_path / "x.f32").write_bytes(x.tobytes())
+    run = subprocess.run([str(tmp_path / "app"), str(tmp_path / "x.f32")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    want = backend.to_numpy(deploy.load(tmp_path / "binarized_mlp").predict(x[None]))[0]
+    assert run.stdout.startswith(f"class {int(want.argmax())}\n")
+    np.testing.assert_allclose(np.array(run.stdout.split("logits")[1].split(), np.float32), want, rtol=1e-6, atol=1e-6)
+    assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 2  # not empty
+
+
+@pytest.mark.slow
+def test_trained_lenet_classes_equal_on_the_mnist_test_set(tmp_path):
+    from minibnn import data, optim, train
+
+    x_train, y_train = data.load_mnist("train")
+    x_test, y_test = data.load_mnist("test")
+    model = models.lenet(1, 1)
+    opt = optim.make_optimizer("adam", model, 1e-3)
+    train.fit(model, data.DataLoader(x_train[:20000], y_train[:20000], 128, shuffle=True, seed=0), opt, 1,
+              progress=False, verbose=False)
+    packed = deploy.convert(model.eval(), input_shape=(1, 28, 28), name="lenet")
+    export_c(packed, tmp_path / "c")
+    got = run_export(compile_export(tmp_path / "c", "lenet"), x_test, 10)
+    want = backend.to_numpy(packed.predict(x_test, batch_size=1000))
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert (want.argmax(1) == y_test).mean() > 0.9
