@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _choice(args.dataset, DATASETS, "dataset")
     _choice(args.optimizer, OPTIMIZERS, "optimizer")
     _choice(args.schedule, SCHEDULES, "schedule")
+    _check_plot(args)
     minibnn.manual_seed(args.seed)
     x_train, y_train = load_dataset(args.dataset, "train", args.data_root)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
@@ -87,6 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train.evaluate(model, test_loader)
         record = {"command": sys.argv, "history": history.epochs, "test": result}
         minibnn.io.atomic_write_bytes(out / "history.json", json.dumps(record, indent=1).encode())
+        if args.plot and history.epochs:
+            from minibnn import plots
+
+            print(f"training curves: {plots.training_curves(history.epochs, out / 'training_curves.png', args.model)}")
     except KeyboardInterrupt:
         print(f"minibnn train: interrupted; {_last_checkpoint(out, args.epochs)}", file=sys.stderr)
         argv = [*getattr(args, "argv", sys.argv[1:])]
@@ -138,6 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import minibnn
     from minibnn import data, train
 
+    _check_plot(args)
     model = _load_any(args.model_path)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
     if isinstance(model, minibnn.deploy.PackedModel):
@@ -147,11 +153,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = {"accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test)), "images_per_s": len(y_test) / seconds}
         print(f"{args.model_path}: packed model, test accuracy {result['accuracy']:.4f}  "
               f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+        _plot_confusion(args, y_test, np.argmax(logits, axis=1))
         return 0
     result = train.evaluate(model, data.DataLoader(x_test, y_test, args.batch_size))
     print(f"{args.model_path}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
           f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+    if args.plot:
+        _plot_confusion(args, y_test, train.predict(model, x_test, args.batch_size))
     return 0
+
+
+def _check_plot(args: argparse.Namespace) -> None:
+    """With --plot, fail early (before training) when matplotlib is missing."""
+    if getattr(args, "plot", False):
+        from minibnn import plots
+
+        try:
+            plots._pyplot()
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+
+
+def _plot_confusion(args: argparse.Namespace, labels, predictions) -> None:
+    if args.plot:
+        from minibnn import plots
+        from minibnn.io import split_path
+
+        path = split_path(args.model_path)[0].with_name(split_path(args.model_path)[0].stem + "_confusion.png")
+        print(f"confusion matrix: {plots.confusion_matrix(labels, predictions, path)}")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -291,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="random crops (padding 2)")
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--plot", action="store_true", help="write OUT/training_curves.png (needs matplotlib)")
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved float or packed model (accuracy, images/s)")
@@ -298,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="mnist")
     e.add_argument("--data-root")
     e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--plot", action="store_true", help="write <model>_confusion.png beside the model (needs matplotlib)")
     e.set_defaults(run=cmd_evaluate)
 
     c = sub.add_parser("convert", help="pack a saved model: binarized_<name>.json/.npz, 1 bit per binary weight")

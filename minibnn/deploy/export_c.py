@@ -585,7 +585,8 @@ def _write(out: Path, p: Program, header: str, source: str, main: bool, shape, c
     files = {f"{p.name}.h": header, f"{p.name}.c": source}
     if main:
         files["main.c"] = _main(p.name, shape, classes)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # renamed to out when complete
     try:
         for fname, text in files.items():
             (tmp / fname).write_text(text)
@@ -593,7 +594,6 @@ def _write(out: Path, p: Program, header: str, source: str, main: bool, shape, c
             shutil.copyfile(native / fname, tmp / fname)
         if out.exists():
             out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
