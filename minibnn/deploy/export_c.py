@@ -547,6 +547,7 @@ def _source(p: Program, offsets: dict[int, int], workspace: int, y: Tensor) -> s
 #include <string.h>
 
 #include "minibnn_infer.h"
+#include "minibnn_kbit.h"
 #include "minibnn_kernels.h"
 
 #if defined(__GNUC__) || defined(__clang__)
