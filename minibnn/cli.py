@@ -11,10 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder")
+DEFAULT_MODELS = {"mnist": "lenet", "fashion-mnist": "lenet", "cifar10": "resnet18", "imagefolder": "resnet18_imagenet"}
 SCHEDULES = ("constant", "step", "cosine", "warmup-cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
 DEFAULT_FASHION_ROOT = Path("..") / "shared" / "data" / "fashion-mnist"
+DATASET_HELP = "mnist, fashion-mnist, cifar10 (the binary version) or imagefolder (DIR/train/<class>/, DIR/val/<class>/)"
+DATA_ROOT_HELP = (f"dataset folder: Fashion-MNIST's IDX files (default {DEFAULT_FASHION_ROOT}), CIFAR-10's "
+                  "data_batch_*.bin / test_batch.bin, or an image folder with train/ and val/")
 
 
 class CLIError(Exception):
@@ -28,13 +32,20 @@ def _choice(value: str, choices, what: str) -> str:
 
 
 def load_dataset(name: str, split: str, root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised images and labels of a named dataset split."""
+    """Normalised images and labels of a named dataset split (all but imagefolder, which is read lazily)."""
     from minibnn import data
 
     _choice(name, DATASETS, "dataset")
     if name == "mnist":
         images, labels = data.load_mnist(split)
         return data.normalize(images, data.MNIST_MEAN, data.MNIST_STD), labels
+    if name == "imagefolder":
+        raise CLIError("the imagefolder dataset is decoded batch by batch: use _image_loader, not load_dataset")
+    if name == "cifar10":
+        if not root:
+            raise CLIError("--dataset cifar10 needs --data-root DIR: the extracted CIFAR-10 binary version "
+                           "(data_batch_1.bin .. data_batch_5.bin and test_batch.bin, in DIR or DIR/cifar-10-batches-bin)")
+        return data.load_cifar10(root, split, normalize=True)
     root = root or os.environ.get("MINIBNN_FASHION_MNIST", str(DEFAULT_FASHION_ROOT))
     if not Path(root).is_dir():
         raise CLIError(f"Fashion-MNIST folder {root!r} not found; pass --data-root DIR "
@@ -43,40 +54,91 @@ def load_dataset(name: str, split: str, root: str | None = None) -> tuple[np.nda
     return data.normalize(images, data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD), labels
 
 
-def build_model(name: str, act_bit: int, weight_bit: int, in_channels: int = 1, num_classes: int = 10):
-    """A zoo model configured for 28x28 single-channel images."""
+def build_model(name: str, act_bit: int, weight_bit: int, in_channels: int = 1, num_classes: int = 10,
+                image_size: int = 28):
+    """A zoo model configured for in_channels x image_size x image_size images (28x28 MNIST by default)."""
     from minibnn import models
 
     _choice(name, models.MODELS, "model")
     if name == "lenet":
+        if image_size != 28:
+            raise CLIError(f"lenet takes 28x28 images, this dataset has {image_size}x{image_size}; "
+                           "choose --model resnet18, vgg_small or binary_mlp")
         return models.lenet(act_bit, weight_bit, in_channels=in_channels, num_classes=num_classes)
     if name == "binary_mlp":
-        return models.binary_mlp(784 * in_channels, num_classes=num_classes, act_bit=act_bit, weight_bit=weight_bit)
+        return models.binary_mlp(image_size * image_size * in_channels, num_classes=num_classes, act_bit=act_bit,
+                                 weight_bit=weight_bit)
     if name == "vgg_small":
-        return models.vgg_small(num_classes, in_channels, act_bit, weight_bit, image_size=28)
-    return models.resnet18(num_classes, in_channels, act_bit, weight_bit)
+        return models.vgg_small(num_classes, in_channels, act_bit, weight_bit, image_size=image_size)
+    return models.MODELS[name](num_classes, in_channels, act_bit, weight_bit)  # resnet18, resnet18_imagenet
+
+
+def _image_folders(args: argparse.Namespace, splits=("train", "val")) -> list:
+    """The ImageFolder of each split under --data-root (the same classes in each)."""
+    from minibnn import data
+
+    if not args.data_root:
+        raise CLIError("--dataset imagefolder needs --data-root DIR: a folder with train/<class>/<image> and "
+                       "val/<class>/<image> (e.g. ImageNet)")
+    try:
+        data.imagefolder.require_pillow()
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    folders = [data.ImageFolder(data.image_split(args.data_root, split)) for split in splits]
+    for other in folders[1:]:
+        if other.classes != folders[0].classes:
+            extra = sorted(set(other.classes) ^ set(folders[0].classes))[:5]
+            raise CLIError(f"{other.root} and {folders[0].root} hold different classes ({len(other.classes)} and "
+                           f"{len(folders[0].classes)}; e.g. {', '.join(extra) or 'in another order'}): labels would not match")
+    return folders
+
+
+def _image_loader(args: argparse.Namespace, folder, train: bool, shuffle: bool = False):
+    from minibnn import data
+
+    return data.ImageFolderLoader(folder, args.batch_size, train=train, shuffle=shuffle, seed=getattr(args, "seed", 0),
+                                  image_size=args.image_size or 224, skip_bad=args.skip_bad_images)
+
+
+def _training_data(args: argparse.Namespace):
+    """(train loader, test loader, one image's shape, number of classes) of --dataset."""
+    from minibnn import data
+
+    if args.dataset == "imagefolder":
+        train_set, val_set = _image_folders(args)
+        if args.limit:
+            keep = np.random.default_rng(args.seed).permutation(len(train_set))[: args.limit]
+            train_set = train_set.subset(np.sort(keep))
+        size = args.image_size or 224
+        return (_image_loader(args, train_set, train=args.augment, shuffle=True), _image_loader(args, val_set, False),
+                (3, size, size), len(train_set.classes))
+    x_train, y_train = load_dataset(args.dataset, "train", args.data_root)
+    x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
+    if args.limit:
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    transform = None
+    if args.augment:
+        transform = data.cifar10_augmentation() if args.dataset == "cifar10" else data.RandomCrop(28, padding=2)
+    loader = data.DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed,
+                             transform=transform)
+    return loader, data.DataLoader(x_test, y_test, 500), x_train.shape[1:], 10
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a zoo model on a dataset; save checkpoints and the final model under --out."""
     import minibnn
-    from minibnn import data, optim, train
+    from minibnn import optim, train
 
-    _choice(args.model, _model_names(), "model")
     _choice(args.dataset, DATASETS, "dataset")
+    args.model = args.model or DEFAULT_MODELS[args.dataset]
+    _choice(args.model, _model_names(), "model")
     _choice(args.optimizer, OPTIMIZERS, "optimizer")
     _choice(args.schedule, SCHEDULES, "schedule")
     _check_plot(args)
     minibnn.manual_seed(args.seed)
-    x_train, y_train = load_dataset(args.dataset, "train", args.data_root)
-    x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
-    if args.limit:
-        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-    transform = data.RandomCrop(28, padding=2) if args.augment else None
-    loader = data.DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed,
-                             transform=transform)
-    test_loader = data.DataLoader(x_test, y_test, 500)
-    model = build_model(args.model, args.act_bit, args.weight_bit)
+    loader, test_loader, shape, num_classes = _training_data(args)
+    model = build_model(args.model, args.act_bit, args.weight_bit, in_channels=shape[0], num_classes=num_classes,
+                        image_size=shape[-1])
     optimizer = optim.make_optimizer(args.optimizer, model, args.lr)
     schedule = optim.make_schedule(args.schedule, optimizer, total_steps=args.epochs * len(loader))
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-a{args.act_bit}w{args.weight_bit}")
@@ -145,6 +207,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _check_plot(args)
     model = _load_any(args.model_path)
+    if args.dataset == "imagefolder":
+        return _evaluate_images(args, model)
     x_test, y_test = load_dataset(args.dataset, "test", args.data_root)
     if isinstance(model, minibnn.deploy.PackedModel):
         start = time.perf_counter()
@@ -161,6 +225,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         _plot_confusion(args, y_test, train.predict(model, x_test, args.batch_size))
     return 0
+
+
+def _evaluate_images(args: argparse.Namespace, model) -> int:
+    """cmd_evaluate on the val/ split of an image folder, decoded batch by batch."""
+    import minibnn
+    from minibnn import train
+
+    packed = isinstance(model, minibnn.deploy.PackedModel)
+    if args.image_size is None and packed and getattr(model, "input_shape", None):
+        args.image_size = int(model.input_shape[-1])
+    (folder,) = _image_folders(args, ("val",))
+    loader = _image_loader(args, folder, train=False)
+    if packed or args.plot:
+        start = time.perf_counter()
+        labels, predictions = _predict_batches(model, loader)
+        speed = len(labels) / (time.perf_counter() - start)
+    if packed:
+        print(f"{args.model_path}: packed model, test accuracy {float(np.mean(predictions == labels)):.4f}  "
+              f"{speed:.0f} images/s on backend {minibnn.backend.current()}")
+    else:
+        result = train.evaluate(model, loader)
+        print(f"{args.model_path}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+              f"{result['images_per_s']:.0f} images/s on backend {minibnn.backend.current()}")
+    if args.plot:
+        _plot_confusion(args, labels, predictions)
+    return 0
+
+
+def _predict_batches(model, loader) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted classes) of a float or packed model over every batch of ``loader``."""
+    import minibnn
+
+    labels, predictions = [], []
+    packed = isinstance(model, minibnn.deploy.PackedModel)
+    was_training = getattr(model, "training", False)
+    if not packed:
+        model.eval()
+    try:
+        with minibnn.no_grad():
+            for x, y in loader:
+                logits = model.predict(x) if packed else model(minibnn.Tensor(x)).data
+                predictions.append(np.argmax(minibnn.backend.to_numpy(logits), axis=1))
+                labels.append(y)
+    finally:
+        if not packed:
+            model.train(was_training)
+    return np.concatenate(labels), np.concatenate(predictions)
 
 
 def _check_plot(args: argparse.Namespace) -> None:
@@ -304,9 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Subparsers(parser.add_subparsers(dest="command", required=True), common)
 
     t = sub.add_parser("train", help="train a model")
-    t.add_argument("--model", default="lenet", help="lenet, binary_mlp, vgg_small, resnet18")
-    t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
-    t.add_argument("--data-root", help=f"Fashion-MNIST folder (default {DEFAULT_FASHION_ROOT})")
+    t.add_argument("--model", help="lenet, binary_mlp, vgg_small, resnet18, resnet18_imagenet (default: lenet for "
+                                   "mnist / fashion-mnist, resnet18 for cifar10, resnet18_imagenet for imagefolder)")
+    t.add_argument("--dataset", default="mnist", help=DATASET_HELP)
+    t.add_argument("--data-root", help=DATA_ROOT_HELP)
     t.add_argument("--act-bit", type=int, default=1)
     t.add_argument("--weight-bit", type=int, default=1)
     t.add_argument("--epochs", type=int, default=10)
@@ -317,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="output folder (checkpoints, model, history)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--augment", action="store_true", help="random crops (padding 2)")
+    t.add_argument("--augment", action="store_true",
+                   help="the dataset's usual augmentation: random crops with padding 2 (MNIST), random crops with "
+                        "padding 4 and horizontal flips (CIFAR-10), random-resized crops and flips (imagefolder)")
+    t.add_argument("--image-size", type=int, help="imagefolder: crop size (default 224)")
+    t.add_argument("--skip-bad-images", action="store_true",
+                   help="imagefolder: leave unreadable images out (counted in a warning) instead of stopping")
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--plot", action="store_true", help="write OUT/training_curves.png (needs matplotlib)")
@@ -325,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a saved float or packed model (accuracy, images/s)")
     e.add_argument("model_path")
-    e.add_argument("--dataset", default="mnist")
-    e.add_argument("--data-root")
+    e.add_argument("--dataset", default="mnist", help=DATASET_HELP)
+    e.add_argument("--data-root", help=DATA_ROOT_HELP)
+    e.add_argument("--image-size", type=int, help="imagefolder: center-crop size (default: the packed model's, else 224)")
+    e.add_argument("--skip-bad-images", action="store_true", help="imagefolder: leave unreadable images out")
     e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--plot", action="store_true", help="write <model>_confusion.png beside the model (needs matplotlib)")
     e.set_defaults(run=cmd_evaluate)

@@ -10,8 +10,8 @@ from minibnn.cli import main
 
 
 @pytest.mark.parametrize("flag, value, choices", [
-    ("--model", "alexnet", "binary_mlp, lenet, resnet18, vgg_small"),
-    ("--dataset", "cifar100", "fashion-mnist, mnist"),
+    ("--model", "alexnet", "binary_mlp, lenet, resnet18, resnet18_imagenet, vgg_small"),
+    ("--dataset", "cifar100", "cifar10, fashion-mnist, imagefolder, mnist"),
     ("--optimizer", "rmsprop", "adam, adamw, bop, sgd"),
     ("--schedule", "exp", "constant, cosine, step, warmup-cosine"),
 ])

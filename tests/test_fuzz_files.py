@@ -90,8 +90,31 @@ def _raw_idx_files(tmp: Path):
     return read_idx, "y.idx", fuzzing.read_files(tmp, ["y.idx"]), []
 
 
+def _cifar10_files(tmp: Path):
+    from minibnn.data import read_cifar10_batch
+
+    rng = np.random.default_rng(0)
+    table = np.concatenate([rng.integers(0, 10, (8, 1)), rng.integers(0, 256, (8, 3072))], axis=1)
+    (tmp / "data_batch_1.bin").write_bytes(table.astype(np.uint8).tobytes())
+    return read_cifar10_batch, "data_batch_1.bin", fuzzing.read_files(tmp, ["data_batch_1.bin"]), []
+
+
+def _image_files(tmp: Path):
+    """One PNG decoded through the image-folder loader (the harness mutates one flat folder, so the
+    class-per-folder scan is not part of it: the image is given to ImageFolder.from_samples)."""
+    Image = pytest.importorskip("PIL.Image")
+    from minibnn.data import ImageFolder, ImageFolderLoader
+
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp / "img.png")
+
+    def load(path: Path):
+        return list(ImageFolderLoader(ImageFolder.from_samples([(path, 0)], ["a"]), 1, image_size=8, num_workers=1))
+    return load, "img.png", fuzzing.read_files(tmp, ["img.png"]), []
+
+
 KINDS = {"model": _model_files, "packed": _packed_files, "checkpoint": _checkpoint_files,
-         "idx-gzip": _idx_files, "idx-raw": _raw_idx_files}
+         "idx-gzip": _idx_files, "idx-raw": _raw_idx_files, "cifar10": _cifar10_files, "imagefolder": _image_files}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

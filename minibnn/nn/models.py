@@ -1,4 +1,4 @@
-"""The model zoo: binary LeNet, MLP, VGG-small and ResNet-18 (float first and last layer).
+"""The model zoo: binary LeNet, MLP, VGG-small and ResNet-18 (CIFAR and ImageNet stems; float first and last layer).
 
 Each QConv2d / QDense binarizes its own input, so no separate QActivation precedes it.
 """
@@ -92,19 +92,35 @@ class BasicBlock(Module):
         return self.bn2(self.conv2(y)) + y
 
 
+STEMS = ("cifar", "imagenet")
+
+
 class ResNet(Module):
-    """CIFAR-style ResNet: float 3x3 stem, binary basic blocks, float head."""
+    """ResNet: float stem, binary basic blocks, float head.
+
+    ``stem="cifar"``: a 3x3 conv + batch norm at full resolution (32x32 input). ``stem="imagenet"``:
+    7x7 stride-2 conv, batch norm, ReLU, 3x3 stride-2 max-pool (224 -> 56), then one more batch
+    norm: the first block binarizes its input, and the ReLU / max-pool output is >= 0 everywhere,
+    which sign() would map to +1 everywhere (Larq's BinaryResNetE18 has the same batch norm).
+    """
 
     def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3,
-                 act_bit: int = 1, weight_bit: int = 1, width: int = 64, shortcut: str = "float") -> None:
+                 act_bit: int = 1, weight_bit: int = 1, width: int = 64, shortcut: str = "float",
+                 stem: str = "cifar") -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"ResNet: stem must be one of {STEMS}, got {stem!r}")
         if not isinstance(blocks, (list, tuple)) or not blocks:
             raise ValueError(f"ResNet: blocks must be a non-empty list of block counts, got {blocks!r}")
         blocks = [A.count("ResNet", "blocks", b, 0, 64) for b in blocks]
         if len(blocks) > 8:
             raise ValueError(f"ResNet: at most 8 stages (the width doubles per stage), got {len(blocks)}")
         width = A.count("ResNet", "width", width, 1, 1 << 16)
-        self.stem = Sequential(Conv2d(in_channels, width, 3, padding=1, bias=False), BatchNorm2d(width))
+        if stem == "cifar":
+            self.stem = Sequential(Conv2d(in_channels, width, 3, padding=1, bias=False), BatchNorm2d(width))
+        else:
+            self.stem = Sequential(Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False), BatchNorm2d(width),
+                                   ReLU(), MaxPool2d(3, stride=2, padding=1), BatchNorm2d(width))
         layers: list[Module] = []
         cin = width
         for stage, count in enumerate(blocks):
@@ -121,16 +137,25 @@ class ResNet(Module):
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3, act_bit: int = 1, weight_bit: int = 1,
-             width: int = 64, shortcut: str = "binary") -> ResNet:
-    """ResNet-18 (CIFAR stem, four stages of two basic blocks): binary body, float stem and head.
+             width: int = 64, shortcut: str = "binary", stem: str = "cifar") -> ResNet:
+    """ResNet-18 (four stages of two basic blocks): binary body, float stem and head.
 
     ``shortcut="binary"`` (default) binarizes the three downsampling 1x1 convs too, as BMXNet did,
     so the packed model is about 30x smaller than float32; "float" keeps them float (Bi-Real).
+    ``stem="cifar"`` (default) suits 32x32 images; ``stem="imagenet"`` is the 7x7 stride-2 conv and
+    max-pool of the ImageNet ResNet (see ``resnet18_imagenet``).
     """
-    return ResNet((2, 2, 2, 2), num_classes, in_channels, act_bit, weight_bit, width, shortcut)
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, act_bit, weight_bit, width, shortcut, stem)
 
 
-MODELS = {"lenet": lenet, "binary_mlp": binary_mlp, "vgg_small": vgg_small, "resnet18": resnet18}
+def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3, act_bit: int = 1, weight_bit: int = 1,
+                      width: int = 64, shortcut: str = "binary") -> ResNet:
+    """ImageNet ResNet-18 (224x224 input): float 7x7 stride-2 stem with max-pool, binary body, float head."""
+    return resnet18(num_classes, in_channels, act_bit, weight_bit, width, shortcut, stem="imagenet")
+
+
+MODELS = {"lenet": lenet, "binary_mlp": binary_mlp, "vgg_small": vgg_small, "resnet18": resnet18,
+          "resnet18_imagenet": resnet18_imagenet}
 
 
 def get_model(name: str, **kwargs) -> Module:
