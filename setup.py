@@ -6,8 +6,10 @@ still installs, with a warning, and runs on the numpy backend; minibnn.use("nati
 how to fix it.
 
 The cuda backend's kernels (native/cuda/*.cu) are not compiled here: they are copied into the
-package as minibnn/backend/cuda_src/ and compiled at run time by CuPy (NVRTC). In a source checkout
-or an editable install minibnn.backend.cuda reads them from native/cuda/ directly.
+package as minibnn/backend/cuda_src/ and compiled at run time by CuPy (NVRTC). The C kernel sources
+(native/minibnn_*.c/.h) are copied as minibnn/deploy/c_src/, for the C programs that
+minibnn.deploy.export_c writes. In a source checkout or an editable install both are read from
+native/ directly.
 """
 import glob
 import os
@@ -51,32 +53,39 @@ class OptionalBuildExt(build_ext):
         self.extensions = [ext for ext in self.extensions if ext.name not in getattr(self, "_failed", ())]
 
 
-CUDA_SOURCES = "native/cuda"
-CUDA_PACKAGE_DIR = os.path.join("minibnn", "backend", "cuda_src")
+# Sources shipped inside the package, copied by build_py (what a wheel packs), as (glob relative to
+# this folder, package folder): the cuda backend's kernels (compiled at run time by CuPy) and the C
+# kernels that minibnn.deploy.export_c copies next to an exported model (test_*.c are not shipped).
+# In a source checkout or an editable install both are read from native/ directly.
+SHIPPED_SOURCES = (
+    ("native/cuda/*.cu", os.path.join("minibnn", "backend", "cuda_src")),
+    ("native/minibnn_*.[ch]", os.path.join("minibnn", "deploy", "c_src")),
+)
 
 
-class BuildPyWithCudaSources(build_py):
-    """build_py that also copies native/cuda/*.cu into the package (minibnn/backend/cuda_src/)."""
+class BuildPyWithSources(build_py):
+    """build_py that also copies the SHIPPED_SOURCES into the package (minibnn/backend/cuda_src/,
+    minibnn/deploy/c_src/)."""
 
-    def _cuda_files(self):
+    def _shipped(self):
         here = os.path.dirname(os.path.abspath(__file__))
-        return sorted(glob.glob(os.path.join(here, CUDA_SOURCES, "*.cu")))
+        for pattern, package_dir in SHIPPED_SOURCES:
+            files = sorted(glob.glob(os.path.join(here, pattern)))
+            yield pattern, os.path.join(self.build_lib, package_dir), files
 
     def run(self):
         super().run()
-        target = os.path.join(self.build_lib, CUDA_PACKAGE_DIR)
-        files = self._cuda_files()
-        if not files:
-            print(f"WARNING: no CUDA sources in {CUDA_SOURCES}/: the cuda backend will not find its kernels")
-            return
-        os.makedirs(target, exist_ok=True)
-        for src in files:
-            shutil.copyfile(src, os.path.join(target, os.path.basename(src)))
+        for pattern, target, files in self._shipped():
+            if not files:
+                print(f"WARNING: no sources match {pattern}: the installed package will lack them")
+                continue
+            os.makedirs(target, exist_ok=True)
+            for src in files:
+                shutil.copyfile(src, os.path.join(target, os.path.basename(src)))
 
     def get_outputs(self, include_bytecode=True):
-        target = os.path.join(self.build_lib, CUDA_PACKAGE_DIR)
         return super().get_outputs(include_bytecode) + [os.path.join(target, os.path.basename(f))
-                                                        for f in self._cuda_files()]
+                                                        for _, target, files in self._shipped() for f in files]
 
 
 setup(
@@ -90,12 +99,15 @@ setup(
     package_data={"minibnn.data": ["mnist/*.gz"]},
     install_requires=["numpy>=2.0", "tqdm>=4.60", "cffi>=1.15"],  # cffi: runtime of the native module
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        # the tests run the tutorials in a Jupyter kernel and test the plots and the image-folder reader
+        "test": ["pytest>=7", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.7", "ipykernel>=6", "matplotlib>=3.7",
+                 "Pillow>=9"],
         "gpu": ["cupy-cuda13x>=13"],         # CUDA 13 drivers
         "gpu-cuda12": ["cupy-cuda12x>=13"],  # CUDA 12 drivers
-        "plot": ["matplotlib>=3.7"],
+        "plot": ["matplotlib>=3.7"],         # minibnn train --plot, eval --plot, minibnn.plots
+        "images": ["Pillow>=9"],             # --dataset imagefolder
     },
     entry_points={"console_scripts": ["minibnn = minibnn.cli:main"]},
     cffi_modules=["native/build_native.py:ffibuilder"],
-    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithCudaSources},
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithSources},
 )

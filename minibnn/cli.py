@@ -328,10 +328,26 @@ def cmd_export_c(args: argparse.Namespace) -> int:
 
     packed = deploy.load(args.model_path)
     report = deploy.export_c(packed, args.out, name=args.name,
-                             input_shape=_shape(args.input_shape) if args.input_shape else None)
+                             input_shape=_shape(args.input_shape) if args.input_shape else None,
+                             normalize=_normalization(args.normalize))
     print(report)
     print(f"build: cc -O2 -std=c11 {args.out}/*.c -o {report.files[0].stem} -lm")
     return 0
+
+
+def _normalization(text: str) -> tuple[float, float]:
+    """--normalize: a dataset's name or MEAN,STD -> (mean, std) for the exported main.c's image reader."""
+    from minibnn import data
+
+    named = {"mnist": (data.MNIST_MEAN, data.MNIST_STD), "fashion-mnist": (data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD),
+             "none": (0.0, 1.0)}
+    if text in named:
+        return named[text]
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"--normalize must be one of {', '.join(named)} or MEAN,STD, got {text!r}") from None
+    return mean, std
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -462,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     x.add_argument("--name", help="C name of the model (default: the packed model's name)")
     x.add_argument("--input-shape", help="one sample's shape (default: the packed file's)")
+    x.add_argument("--normalize", default="mnist",
+                   help="how main.c normalises a PGM's pixels: mnist (minibnn train's, the default), fashion-mnist, "
+                        "none, or MEAN,STD")
     x.set_defaults(run=cmd_export_c)
 
     s = sub.add_parser("summary", help="per-layer bits, parameters, MACs and memory of a saved model")

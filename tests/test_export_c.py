@@ -226,6 +226,28 @@ def test_cli_export_c_and_the_readme_build_command(tmp_path, capsys):
     assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 2  # not empty
 
 
+def test_main_reads_a_pgm_normalised_as_in_training(tmp_path):
+    from minibnn import data
+    from minibnn.cli import main
+
+    _packed_mlp().save(tmp_path / "binarized_mlp")
+    assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 0  # mnist
+    subprocess.run([CC, "-O2", "-std=c11", *map(str, sorted((tmp_path / "c").glob("*.c"))), "-o", str(tmp_path / "app"),
+                    "-lm"], check=True)
+    images, _ = data.load_mnist("test")
+    pixels = np.rint(images[:3] * 255).astype(np.uint8)  # the shipped test images, as 8-bit pixels again
+    packed = deploy.load(tmp_path / "binarized_mlp")
+    for i, image in enumerate(pixels):
+        pgm = tmp_path / f"d{i}.pgm"
+        pgm.write_bytes(b"P5\n28 28\n255\n" + image.tobytes())
+        run = subprocess.run([str(tmp_path / "app"), str(pgm)], capture_output=True, text=True, check=True)
+        x = data.normalize(image.astype(np.float32) / np.float32(255), data.MNIST_MEAN, data.MNIST_STD)
+        want = backend.to_numpy(packed.predict(x[None]))[0]
+        got = np.array(run.stdout.split("logits")[1].split(), np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert run.stdout.startswith(f"class {int(want.argmax())}\n")
+
+
 @pytest.mark.slow
 def test_trained_lenet_classes_equal_on_the_mnist_test_set(tmp_path):
     from minibnn import data, optim, train
