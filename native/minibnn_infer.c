@@ -124,6 +124,47 @@ void mbi_avg_pool2d(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w
             }
 }
 
+/* channels-last pooling: each output pixel's channel vector starts from the first tap and takes the others */
+static void pool_hwc(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, int is_max, float *MBI_RESTRICT y) {
+    const int64_t oh = out_size(h, kh, sh, ph, 1), ow = out_size(w, kw, sw, pw, 1);
+    const float count = (float)(kh * kw), outside = is_max ? -INFINITY : 0.0f;
+    for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+            float *MBI_RESTRICT yp = y + (oy * ow + ox) * c;
+            for (int64_t i = 0; i < kh; ++i)
+                for (int64_t j = 0; j < kw; ++j) {
+                    const int64_t iy = oy * sh - ph + i, ix = ox * sw - pw + j;
+                    const int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                    const float *MBI_RESTRICT xp = x + (inside ? (iy * w + ix) * c : 0);
+                    if (i == 0 && j == 0) {
+                        for (int64_t ch = 0; ch < c; ++ch) yp[ch] = inside ? xp[ch] : outside;
+                    } else if (!inside) {
+                        if (!is_max) continue; /* + 0; and -inf never wins a max */
+                    } else if (is_max) {
+                        for (int64_t ch = 0; ch < c; ++ch) { /* NaN wins, as in NumPy's maximum */
+                            const float v = xp[ch], b = yp[ch];
+                            yp[ch] = (v > b || v != v) ? v : b;
+                        }
+                    } else {
+                        for (int64_t ch = 0; ch < c; ++ch) yp[ch] += xp[ch];
+                    }
+                }
+            if (!is_max)
+                for (int64_t ch = 0; ch < c; ++ch) yp[ch] /= count;
+        }
+}
+
+void mbi_max_pool2d_hwc(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y) {
+    pool_hwc(x, c, h, w, kh, kw, sh, sw, ph, pw, 1, y);
+}
+
+void mbi_avg_pool2d_hwc(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y) {
+    pool_hwc(x, c, h, w, kh, kw, sh, sw, ph, pw, 0, y);
+}
+
 void mbi_global_avg_pool2d(const float *MBI_RESTRICT x, int64_t c, int64_t hw, float *MBI_RESTRICT y) {
     for (int64_t ch = 0; ch < c; ++ch) {
         double s = 0.0; /* NumPy sums pairwise in float32; a double sum is as close or closer */

@@ -37,6 +37,11 @@ void mbi_max_pool2d(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w
                     int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y);
 void mbi_avg_pool2d(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
                     int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y);
+/* the same two on channels-last x (h, w, c) -> y (oh, ow, c) */
+void mbi_max_pool2d_hwc(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y);
+void mbi_avg_pool2d_hwc(const float *MBI_RESTRICT x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, float *MBI_RESTRICT y);
 /* y (c) = mean over the pixels of x (c, hw), or of channels-last x (hw, c) with mbi_global_avg_pool2d_hwc */
 void mbi_global_avg_pool2d(const float *MBI_RESTRICT x, int64_t c, int64_t hw, float *MBI_RESTRICT y);
 void mbi_global_avg_pool2d_hwc(const float *MBI_RESTRICT x, int64_t hw, int64_t c, float *MBI_RESTRICT y);

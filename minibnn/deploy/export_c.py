@@ -388,12 +388,11 @@ def _float_layer(p: Program, m: Module, x: Tensor, where: str) -> Tensor:
             raise ExportError(f"layer {where}: expects {m.num_features} channels, gets shape {x.shape}")
         scale, shift = eval_affine(m.running_mean, m.running_var, m.weight, m.bias, m.eps, np.float32)
         return _affine(p, x, p.const("bn_scale", np.asarray(scale)), p.const("bn_shift", np.asarray(shift)))
-    if kind in (L.MaxPool2d, L.AvgPool2d):
-        x = _as(p, x, "chw")
+    if kind in (L.MaxPool2d, L.AvgPool2d):  # in either layout
         k, s, pad, oh, ow = _pool_args(m, x, where)
-        y = p.new((x.shape[0], oh, ow))
+        y = p.new((x.shape[0], oh, ow), layout=x.layout)
         p.use(x)
-        fn = "mbi_max_pool2d" if kind is L.MaxPool2d else "mbi_avg_pool2d"
+        fn = ("mbi_max_pool2d" if kind is L.MaxPool2d else "mbi_avg_pool2d") + ("_hwc" if x.layout == "hwc" else "")
         p.emit(f"{fn}({p.ptr(x)}, {x.shape[0]}, {x.shape[1]}, {x.shape[2]}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, "
                f"{pad[0]}, {pad[1]}, {p.ptr(y)});")
         return y
