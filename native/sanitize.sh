@@ -6,7 +6,7 @@
 #   3. gcc -Wall -Wextra -Wpedantic -Werror, -O3, with and without OpenMP, release flags (runs)
 #   4. clang, when `command -v clang` finds one: sanitizers (when its runtime links), with and
 #      without OpenMP (with only when it links)
-#   5. the NEON path, when aarch64-linux-gnu-gcc and qemu-aarch64 exist (static build run under qemu)
+#   5. the NEON path, when aarch64-linux-gnu-gcc links and qemu-aarch64 exists (static build run under qemu)
 #   6. the cffi extension built with gcc's sanitizers, driven from Python by tests/test_native_boundary.py
 #      (sanitize_python.sh; skipped, saying why, without libasan or the Python test dependencies)
 # Usage: native/sanitize.sh [cases]   (cases per kernel in the driver, default 60)
@@ -52,12 +52,16 @@ if command -v clang >/dev/null 2>&1; then
 else
     echo "== clang not found: skipped the clang builds"
 fi
-if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1; then
+cross_ok() { # the cross compiler links a static C program (it needs the aarch64 C library too)
+    command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 &&
+        echo 'int main(void){return 0;}' | aarch64-linux-gnu-gcc -static -x c - -o "$tmp/cross-probe" 2>/dev/null
+}
+if cross_ok; then
     echo "== aarch64-neon (qemu)"
     aarch64-linux-gnu-gcc "${std[@]}" -O2 -static "${srcs[@]}" -o "$tmp/aarch64"
     qemu-aarch64 "$tmp/aarch64" "$cases"
 else
-    echo "== no aarch64 cross compiler + qemu: skipped the NEON build"
+    echo "== no working aarch64 cross compiler (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross) + qemu-user: skipped the NEON build"
 fi
 bash sanitize_python.sh
 echo "sanitize.sh: no reports"
