@@ -100,8 +100,9 @@ setup(
     install_requires=["numpy>=2.0", "tqdm>=4.60", "cffi>=1.15"],  # cffi: runtime of the native module
     extras_require={
         # the tests run the tutorials in a Jupyter kernel and test the plots and the image-folder reader
+        # (wheel: a test builds minibnn's wheel, without build isolation, to check what it ships)
         "test": ["pytest>=7", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.7", "ipykernel>=6", "matplotlib>=3.7",
-                 "Pillow>=9"],
+                 "Pillow>=9", "wheel>=0.38"],
         "gpu": ["cupy-cuda13x>=13"],         # CUDA 13 drivers
         "gpu-cuda12": ["cupy-cuda12x>=13"],  # CUDA 12 drivers
         "plot": ["matplotlib>=3.7"],         # minibnn train --plot, eval --plot, minibnn.plots
