@@ -22,6 +22,14 @@
 #endif
 #endif
 
+/* An exported C program (minibnn.deploy.export_c) puts minibnn_config.h beside this file: it
+ * defines MBK_STATIC_SCRATCH, so the program allocates nothing at run time. */
+#if defined(__has_include)
+#if __has_include("minibnn_config.h")
+#include "minibnn_config.h"
+#endif
+#endif
+
 #include "minibnn_kernels.h"
 
 #include <stddef.h>

@@ -159,6 +159,30 @@ def test_the_program_is_clean_under_the_sanitizers(tmp_path):
     np.testing.assert_allclose(run_export(exe, x, want.shape[1]), want, rtol=0, atol=TOLERANCE * np.abs(want).max())
 
 
+def test_the_exported_model_allocates_nothing_at_run_time(tmp_path):
+    """Compiled as the README says, the model's objects (all but main.c) reference no allocator: the
+    kernels take their scratch from the static buffer (minibnn_config.h turns MBK_STATIC_SCRATCH on)."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not on PATH")
+    packed = deploy.convert(_settled(models.resnet18(in_channels=3, width=8), (3, 16, 16)), input_shape=(3, 16, 16),
+                            name="net")
+    export_c(packed, tmp_path / "c")
+    assert "MBK_STATIC_SCRATCH 1" in (tmp_path / "c" / "minibnn_config.h").read_text()
+    undefined = set()
+    for source in sorted((tmp_path / "c").glob("*.c")):
+        if source.name == "main.c":
+            continue
+        obj = tmp_path / (source.stem + ".o")
+        subprocess.run([CC, "-O2", "-std=c11", "-c", str(source), "-o", str(obj)], check=True, cwd=tmp_path / "c")
+        undefined |= set(subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split())
+    assert not {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"} & undefined, undefined
+    x = np.random.default_rng(4).normal(size=(2, 3, 16, 16)).astype(np.float32)  # and it still computes
+    want = backend.to_numpy(packed.predict(x))
+    np.testing.assert_allclose(run_export(compile_export(tmp_path / "c", "net"), x, want.shape[1]), want, rtol=0,
+                               atol=TOLERANCE * np.abs(want).max())
+
+
 # ---------------------------------------------------------------- errors, and nothing half-written
 
 def _packed_mlp():
@@ -173,7 +197,7 @@ def test_an_output_folder_with_other_files_is_refused(tmp_path):
         export_c(_packed_mlp(), tmp_path / "c")
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["notes.txt"]
     export_c(_packed_mlp(), tmp_path / "empty")  # a new folder is created
-    assert sorted(p.name for p in (tmp_path / "empty").iterdir())[:3] == ["main.c", "minibnn_infer.c", "minibnn_infer.h"]
+    assert {"main.c", "mlp.c", "mlp.h", "minibnn_config.h", "minibnn_kernels.c"} <= {p.name for p in (tmp_path / "empty").iterdir()}
 
 
 class Twice(nn.Module):

@@ -5,7 +5,8 @@ data, 1 bit per binary weight, and ``int <name>_predict(const float *input, floa
 kernel sources the model needs, copied from minibnn's ``native/`` folder (the same files the Python
 package compiles), and a ``main.c`` that reads an image and prints the class. It builds with
 ``cc -O2 -std=c11 DIR/*.c -o app -lm``: no Python, no OpenMP, no allocation at run time (one static
-workspace, sized here).
+workspace, sized here; the ``minibnn_config.h`` written beside the kernels makes them take their
+scratch memory from it).
 
 How: the packed model's tree is walked once with symbolic tensors, in the order its forward runs
 (Sequential, ResNet and BasicBlock are known containers), each packed op emitting one or two C
@@ -37,6 +38,14 @@ from minibnn.nn.quantized import QActivation
 KERNEL_FILES = ("minibnn_kernels.h", "minibnn_kernels.c", "minibnn_infer.h", "minibnn_infer.c", "minibnn_kbit.h",
                 "minibnn_kbit.c")
 ALIGN = 64
+# minibnn_kernels.c includes this file when it is beside it: the kernels then take their scratch from
+# the model's static buffer (mbk_set_scratch) and the program calls no malloc
+CONFIG_HEADER = """/* Written by minibnn.deploy.export_c: how the kernels are built in this program. */
+#ifndef MINIBNN_CONFIG_H
+#define MINIBNN_CONFIG_H
+#define MBK_STATIC_SCRATCH 1 /* scratch memory from the model's static buffer: no malloc at run time */
+#endif
+"""
 
 
 class ExportError(ValueError):
@@ -589,7 +598,7 @@ def _write(out: Path, p: Program, header: str, source: str, main: str | None, wo
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: exists and is not an empty folder; choose a new one (nothing was written)")
     native = _native_dir()
-    files = {f"{p.name}.h": header, f"{p.name}.c": source}
+    files = {f"{p.name}.h": header, f"{p.name}.c": source, "minibnn_config.h": CONFIG_HEADER}
     if main is not None:
         files["main.c"] = main
     out.parent.mkdir(parents=True, exist_ok=True)
