@@ -22,7 +22,7 @@ import minibnn
 from minibnn import backend, deploy, models, nn
 from minibnn.deploy import ExportError, export_c
 from minibnn.deploy import export_bitserial
-from minibnn.deploy.export_c import Program, Tensor
+from minibnn.deploy.export_c import Activation, Program
 
 CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
@@ -225,13 +225,13 @@ def _op(kind="conv"):
 
 
 @pytest.mark.parametrize("kind, x, message", [
-    ("conv", Tensor(-1, (5, 5, 1), bits=4), "receives packed 1-bit activations"),
-    ("conv", Tensor(-1, (3, 5, 5)), "expects 4 input channels"),
-    ("conv", Tensor(-1, (64,)), r"expects \(C, H, W\) input"),
-    ("conv", Tensor(-1, (4, 2, 2)), "input 2x2 is smaller than its kernel 3x3"),
-    ("conv", Tensor(-1, (3, 5, 5, 1), bits=4, planes=3), "expects 2-bit planes of 4 channels"),
-    ("dense", Tensor(-1, (13,)), "expects 12 input features"),
-    ("dense", Tensor(-1, (2, 1), bits=12, planes=2), "expects 3-bit planes of 12 channels"),
+    ("conv", Activation(-1, (5, 5, 1), bits=4), "receives packed 1-bit activations"),
+    ("conv", Activation(-1, (3, 5, 5)), "expects 4 input channels"),
+    ("conv", Activation(-1, (64,)), r"expects \(C, H, W\) input"),
+    ("conv", Activation(-1, (4, 2, 2)), "input 2x2 is smaller than its kernel 3x3"),
+    ("conv", Activation(-1, (3, 5, 5, 1), bits=4, planes=3), "expects 2-bit planes of 4 channels"),
+    ("dense", Activation(-1, (13,)), "expects 12 input features"),
+    ("dense", Activation(-1, (2, 1), bits=12, planes=2), "expects 3-bit planes of 12 channels"),
 ])
 def test_inputs_the_layer_cannot_take_are_errors_naming_it(kind, x, message):
     with pytest.raises(ExportError, match=rf"layer lay\.er \(bitserial_\w+\): {message}"):
@@ -241,9 +241,9 @@ def test_inputs_the_layer_cannot_take_are_errors_naming_it(kind, x, message):
 def test_planes_into_a_float_layer_are_refused(tmp_path):
     """A planes tensor (bits set) reaching a float layer is an error, never a misread buffer."""
     p = Program("m")
-    y = export_bitserial.emit_bitserial(p, _op("dense"), Tensor(-1, (12,)), "0")
+    y = export_bitserial.emit_bitserial(p, _op("dense"), Activation(-1, (12,)), "0")
     assert y.planes == 0 and y.shape == (5,)
-    planes = Tensor(0, (2, 1), bits=12, planes=2)
+    planes = Activation(0, (2, 1), bits=12, planes=2)
     from minibnn.deploy.export_c import _float_in
     with pytest.raises(ExportError, match="receives packed bits"):
         _float_in(p, planes, "next")
@@ -253,4 +253,4 @@ def test_a_non_finite_epilogue_is_an_error_naming_the_layer(tmp_path):
     op = _op("dense")
     op.epilogue = op.epilogue._replace(alpha=np.array([1, 2, np.inf, 1, 1], np.float32))
     with pytest.raises(ExportError, match=r"layer lay\.er \(bitserial_dense\): alpha holds NaN or infinite"):
-        export_bitserial.emit_bitserial(Program("m"), op, Tensor(-1, (12,)), "lay.er")
+        export_bitserial.emit_bitserial(Program("m"), op, Activation(-1, (12,)), "lay.er")

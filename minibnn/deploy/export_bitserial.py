@@ -15,7 +15,7 @@
 
 So D is the packed model's integer exactly and a float output is bit for bit the same.
 
-Planes tensors (``Tensor.planes`` > 0): ``shape`` is the words' shape of ALL planes, plane-major:
+Planes tensors (``Activation.planes`` > 0): ``shape`` is the words' shape of ALL planes, plane-major:
 ``(planes, H, W, ceil(C/64))`` after a convolution, ``(planes, ceil(K/64))`` after a dense layer;
 ``bits`` is the channel count C (K). Only a bit-serial layer takes them (the other emitters refuse
 them by shape or by ``bits``). A float convolution output is channels last (layout "hwc").
@@ -26,13 +26,13 @@ import numpy as np
 
 from minibnn.backend import bitserial
 from minibnn.backend import numpy_ref as ref
-from minibnn.deploy.export_c import ExportError, Program, Tensor, _scratch
+from minibnn.deploy.export_c import ExportError, Program, Activation, _scratch
 from minibnn.deploy.ops import BitSerialConv2d, BitSerialDense
 
 BATCH_BYTES = 1 << 20  # int32 terms of all activation planes of a convolution in one call up to this size
 
 
-def _iptr(p: Program, t: Tensor) -> str:
+def _iptr(p: Program, t: Activation) -> str:
     """A workspace tensor allocated as floats, used as int32 (same size)."""
     return p.ptr(t).replace("(float *)", "(int32_t *)", 1)
 
@@ -41,7 +41,7 @@ def _f32(v) -> str:
     return float(np.float32(v)).hex() + "f"
 
 
-def _planes_in(p: Program, op, x: Tensor, conv: bool, where: str) -> tuple[Tensor, tuple[int, ...]]:
+def _planes_in(p: Program, op, x: Activation, conv: bool, where: str) -> tuple[Activation, tuple[int, ...]]:
     """The input's activation planes tensor and the (H, W) (conv) or () (dense) of one plane."""
     a, c = op.act_bit, op.in_channels
     ndim = 4 if conv else 2
@@ -83,7 +83,7 @@ def _channel_const(p: Program, op, name: str, v, where: str) -> str:
     return p.const(name, v)
 
 
-def emit_bitserial(p: Program, op, x: Tensor, where: str) -> Tensor:
+def emit_bitserial(p: Program, op, x: Activation, where: str) -> Activation:
     """Emit the C of bit-serial ``op`` on ``x`` (floats or planes); return its float output or planes."""
     if not isinstance(op, (BitSerialDense, BitSerialConv2d)):  # pragma: no cover - export_c dispatches
         raise ExportError(f"layer {where}: not a bit-serial layer ({type(op).__name__})")

@@ -53,8 +53,8 @@ class ExportError(ValueError):
 
 
 @dataclass
-class Tensor:
-    """A symbolic activation: float (C, H, W) / (K,), or packed bits (H, W, words) / (words,)."""
+class Activation:
+    """A symbolic activation (no data, only where it will live): float (C, H, W) / (K,), or packed bits (H, W, words) / (words,)."""
 
     storage: int
     shape: tuple[int, ...]  # (C, H, W) whatever the layout, (K,), or the words' shape
@@ -79,20 +79,20 @@ class Program:
     const_bytes: int = 0
     count: int = 0
 
-    def new(self, shape: tuple[int, ...], bits: int = 0, layout: str = "chw") -> Tensor:
+    def new(self, shape: tuple[int, ...], bits: int = 0, layout: str = "chw") -> Activation:
         """A fresh tensor of ``shape`` (float32, or uint64 words when ``bits``)."""
         size = int(np.prod(shape)) * (8 if bits else 4)
         self.storage_bytes.append(size)
         sid = len(self.storage_bytes) - 1
         self.defined_at[sid] = len(self.statements)
-        return Tensor(sid, shape, bits, layout)
+        return Activation(sid, shape, bits, layout)
 
-    def use(self, *tensors: Tensor) -> None:
+    def use(self, *tensors: Activation) -> None:
         for t in tensors:
             if t.storage >= 0:
                 self.last_use[t.storage] = len(self.statements)
 
-    def ptr(self, t: Tensor) -> str:
+    def ptr(self, t: Activation) -> str:
         if t.storage < 0:
             return "input"
         kind = "uint64_t" if t.bits else "float"
@@ -127,13 +127,13 @@ class Program:
 
 # ---------------------------------------------------------------- the walk
 
-def _float_in(p: Program, x: Tensor, where: str) -> Tensor:
+def _float_in(p: Program, x: Activation, where: str) -> Activation:
     if x.bits:
         raise ExportError(f"{where}: receives packed bits, which only a binary layer takes")
     return x
 
 
-def _as(p: Program, x: Tensor, layout: str) -> Tensor:
+def _as(p: Program, x: Activation, layout: str) -> Activation:
     """``x`` in memory layout ``layout`` (a transposed copy when it is in the other one)."""
     if x.bits or len(x.shape) != 3 or x.layout == layout:
         return x
@@ -145,18 +145,18 @@ def _as(p: Program, x: Tensor, layout: str) -> Tensor:
     return y
 
 
-def _elementwise(p: Program, x: Tensor) -> Tensor:
+def _elementwise(p: Program, x: Activation) -> Activation:
     """A new float tensor like ``x`` (shape and layout) for an elementwise op."""
     return p.new(x.shape, layout=x.layout)
 
 
-def _chw(x: Tensor, where: str) -> tuple[int, int, int]:
+def _chw(x: Activation, where: str) -> tuple[int, int, int]:
     if len(x.shape) != 3:
         raise ExportError(f"{where}: expects (C, H, W) input, gets shape {x.shape}")
     return x.shape  # type: ignore[return-value]
 
 
-def _walk(p: Program, m: Module, x: Tensor, where: str) -> Tensor:
+def _walk(p: Program, m: Module, x: Activation, where: str) -> Activation:
     """Emit the C of ``m``'s forward on ``x``; return its output."""
     if isinstance(m, PackedOp):
         return _leaf(p, m, x, where or "(root)")
@@ -177,7 +177,7 @@ def _walk(p: Program, m: Module, x: Tensor, where: str) -> Tensor:
                       "(known: Sequential, ResNet, BasicBlock)")
 
 
-def _add(p: Program, a: Tensor, b: Tensor, where: str) -> Tensor:
+def _add(p: Program, a: Activation, b: Activation, where: str) -> Activation:
     a, b = _float_in(p, a, where), _float_in(p, b, where)
     if a.shape != b.shape:
         raise ExportError(f"{where}: adds shapes {a.shape} and {b.shape}")
@@ -188,7 +188,7 @@ def _add(p: Program, a: Tensor, b: Tensor, where: str) -> Tensor:
     return y
 
 
-def _leaf(p: Program, op: PackedOp, x: Tensor, where: str) -> Tensor:
+def _leaf(p: Program, op: PackedOp, x: Activation, where: str) -> Activation:
     if isinstance(op, Folded):
         return x
     if isinstance(op, BinaryConv2d):
@@ -206,7 +206,7 @@ def _leaf(p: Program, op: PackedOp, x: Tensor, where: str) -> Tensor:
     raise ExportError(f"layer {where} ({op.kind}): the C exporter cannot express this layer kind yet")
 
 
-def _pack(p: Program, x: Tensor, conv: bool) -> Tensor:
+def _pack(p: Program, x: Activation, conv: bool) -> Activation:
     """Float input of a binary layer as packed words (channels last)."""
     if conv:
         c, h, w = x.shape
@@ -231,7 +231,7 @@ def _epilogue_args(p: Program, op, o: int) -> tuple[str, str]:
     return p.const("scale", scale), p.const("bias", bias)
 
 
-def _binary_conv(p: Program, op: BinaryConv2d, x: Tensor, where: str) -> Tensor:
+def _binary_conv(p: Program, op: BinaryConv2d, x: Activation, where: str) -> Activation:
     c, o = op.in_channels, op.out_channels
     if x.bits:
         if x.bits != c or len(x.shape) != 3:
@@ -275,7 +275,7 @@ def _binary_conv(p: Program, op: BinaryConv2d, x: Tensor, where: str) -> Tensor:
     return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
 
 
-def _binary_dense(p: Program, op: BinaryDense, x: Tensor, where: str) -> Tensor:
+def _binary_dense(p: Program, op: BinaryDense, x: Activation, where: str) -> Activation:
     k, o = op.in_channels, op.out_channels
     if x.bits:
         if x.bits != k or len(x.shape) != 1:
@@ -304,7 +304,7 @@ def _binary_dense(p: Program, op: BinaryDense, x: Tensor, where: str) -> Tensor:
     return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
 
 
-def _quantized(p: Program, op: QuantizedLayer, x: Tensor, where: str) -> Tensor:
+def _quantized(p: Program, op: QuantizedLayer, x: Activation, where: str) -> Activation:
     xq = _quantize(p, _as(p, x, "chw"), op.act_bit)
     weight = op.weight
     if op.layer == "dense":
@@ -322,7 +322,7 @@ def _quantized(p: Program, op: QuantizedLayer, x: Tensor, where: str) -> Tensor:
     return _affine(p, y, p.const("alpha", op.alpha) if op.alpha is not None else "NULL", p.const("bias", shift))
 
 
-def _affine(p: Program, x: Tensor, scale: str, shift: str) -> Tensor:
+def _affine(p: Program, x: Activation, scale: str, shift: str) -> Activation:
     """y = x * scale[c] + shift[c] per channel (scale "NULL": 1), in x's layout."""
     y = _elementwise(p, x)
     p.use(x)
@@ -334,7 +334,7 @@ def _affine(p: Program, x: Tensor, scale: str, shift: str) -> Tensor:
     return y
 
 
-def _quantize(p: Program, x: Tensor, bits: int) -> Tensor:
+def _quantize(p: Program, x: Activation, bits: int) -> Activation:
     if bits == 32:
         return x
     y = _elementwise(p, x)
@@ -343,7 +343,7 @@ def _quantize(p: Program, x: Tensor, bits: int) -> Tensor:
     return y
 
 
-def _conv(p: Program, x: Tensor, weight, bias, stride, padding, dilation, pad: float, where: str) -> Tensor:
+def _conv(p: Program, x: Activation, weight, bias, stride, padding, dilation, pad: float, where: str) -> Activation:
     c, h, w = _chw(x, where)
     o, ci, kh, kw = weight.shape
     if ci != c:
@@ -362,7 +362,7 @@ def _conv(p: Program, x: Tensor, weight, bias, stride, padding, dilation, pad: f
     return y
 
 
-def _pool_args(m, x: Tensor, where: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int, int]:
+def _pool_args(m, x: Activation, where: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int, int]:
     c, h, w = _chw(x, where)
     k = ref.check_pair("kernel_size", m.kernel_size, 1)
     s = ref.check_pair("stride", m.stride if m.stride is not None else m.kernel_size, 1)
@@ -371,13 +371,13 @@ def _pool_args(m, x: Tensor, where: str) -> tuple[tuple[int, int], tuple[int, in
     return k, s, pad, oh, ow
 
 
-def _float_layer(p: Program, m: Module, x: Tensor, where: str) -> Tensor:
+def _float_layer(p: Program, m: Module, x: Activation, where: str) -> Activation:
     kind = type(m)
     n = int(np.prod(x.shape))
     if kind in (L.Identity, L.Dropout):  # dropout is off in inference
         return x
     if kind is L.Flatten:  # NumPy's order: channels first
-        return Tensor(_as(p, x, "chw").storage, (n,))
+        return Activation(_as(p, x, "chw").storage, (n,))
     if kind is L.Conv2d:
         if m.groups != 1:
             raise ExportError(f"layer {where}: grouped convolutions (groups={m.groups}) are not exported yet")
@@ -501,7 +501,7 @@ def export_c(packed: PackedModel, out_dir: str | os.PathLike, name: str | None =
     if not shape:
         raise ExportError(f"{packed.name}: the input shape is unknown; convert with input_shape=... or pass it")
     p = Program(name)
-    x = Tensor(-1, shape)
+    x = Activation(-1, shape)
     y = _walk(p, packed.root, x, "")
     if y.bits or len(y.shape) != 1:
         raise ExportError(f"{packed.name}: the model must end in a vector of float logits, it ends in "
@@ -548,7 +548,7 @@ int {p.name}_predict(const float *input, float *logits);
 """
 
 
-def _source(p: Program, offsets: dict[int, int], workspace: int, y: Tensor) -> str:
+def _source(p: Program, offsets: dict[int, int], workspace: int, y: Activation) -> str:
     up = p.name.upper()
     defines = "\n".join(f"#define OFF_{sid} {off}" for sid, off in sorted(offsets.items()))
     body = "\n    ".join(p.statements)
