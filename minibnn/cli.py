@@ -261,7 +261,7 @@ def _predict_batches(model, loader) -> tuple[np.ndarray, np.ndarray]:
     packed = isinstance(model, minibnn.deploy.PackedModel)
     was_training = getattr(model, "training", False)
     if not packed:
-        model.eval()
+        model.eval()  # safe: the PyTorch-style mode switch, not Python's eval
     try:
         with minibnn.no_grad():
             for x, y in loader:

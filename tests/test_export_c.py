@@ -7,7 +7,6 @@ convolutions and dense layers sum in another order than BLAS, so logits agree wi
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,42 +18,10 @@ import minibnn
 from minibnn import backend, deploy, models
 from minibnn import nn
 from minibnn.deploy import ExportError, export_c
+from c_program import CC, compile_export, run_export
 
-CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
 TOLERANCE = 1e-5
-
-DRIVER = """#include <stdio.h>
-#include "{name}.h"
-int main(void) {{
-    static float x[{NAME}_INPUT_SIZE];
-    float y[{NAME}_NUM_CLASSES];
-    while (fread(x, sizeof(float), {NAME}_INPUT_SIZE, stdin) == {NAME}_INPUT_SIZE) {{
-        int rc = {name}_predict(x, y);
-        if (rc != {NAME}_OK) return 10 + rc;
-        fwrite(y, sizeof(float), {NAME}_NUM_CLASSES, stdout);
-    }}
-    return 0;
-}}
-"""
-
-
-def compile_export(out: Path, name: str, flags: tuple[str, ...] = ("-O2",)) -> Path:
-    """Build the exported model (without its main.c) with a driver reading raw floats from stdin."""
-    (out.parent / "driver.c").write_text(DRIVER.format(name=name, NAME=name.upper()))
-    sources = [str(p) for p in sorted(out.glob("*.c")) if p.name != "main.c"]
-    exe = out.parent / f"{name}_driver"
-    result = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", *flags, *sources, str(out.parent / "driver.c"),
-                             "-I", str(out), "-o", str(exe), "-lm"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return exe
-
-
-def run_export(exe: Path, x: np.ndarray, classes: int) -> np.ndarray:
-    result = subprocess.run([str(exe)], input=np.ascontiguousarray(x, np.float32).tobytes(), capture_output=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    return np.frombuffer(result.stdout, np.float32).reshape(len(x), classes)
 
 
 def _settled(model, shape, seed=0):

@@ -10,7 +10,6 @@ BLAS: logits agree within TOLERANCE (relative to the largest logit) and the clas
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -23,25 +22,11 @@ from minibnn import backend, deploy, models, nn
 from minibnn.deploy import ExportError, export_c
 from minibnn.deploy import export_bitserial
 from minibnn.deploy.export_c import Activation, Program
+from c_program import CC, compile_export, run_export
 
-CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
 TOLERANCE = 1e-5
 NATIVE = Path(__file__).resolve().parent.parent / "native"
-
-DRIVER = """#include <stdio.h>
-#include "{name}.h"
-int main(void) {{
-    static float x[{NAME}_INPUT_SIZE];
-    float y[{NAME}_NUM_CLASSES];
-    while (fread(x, sizeof(float), {NAME}_INPUT_SIZE, stdin) == {NAME}_INPUT_SIZE) {{
-        int rc = {name}_predict(x, y);
-        if (rc != {NAME}_OK) return 10 + rc;
-        fwrite(y, sizeof(float), {NAME}_NUM_CLASSES, stdout);
-    }}
-    return 0;
-}}
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -78,22 +63,11 @@ def _inputs(shape, n, seed=1, corners=True):
 
 
 def _build(tmp_path: Path, packed, name="net", flags=("-O2",)) -> Path:
-    out = tmp_path / "c"
-    export_c(packed, out, name=name)
-    (tmp_path / "driver.c").write_text(DRIVER.format(name=name, NAME=name.upper()))
-    sources = [str(p) for p in sorted(out.glob("*.c")) if p.name != "main.c"]
-    exe = tmp_path / "app"
-    result = subprocess.run([CC, "-std=c11", "-Wall", "-Werror", *flags, *sources, str(tmp_path / "driver.c"),
-                             "-I", str(out), "-o", str(exe), "-lm"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return exe
+    export_c(packed, tmp_path / "c", name=name)
+    return compile_export(tmp_path / "c", name, flags)
 
 
-def _run(exe: Path, x: np.ndarray, classes: int) -> np.ndarray:
-    result = subprocess.run([str(exe)], input=np.ascontiguousarray(x, np.float32).tobytes(), capture_output=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    return np.frombuffer(result.stdout, np.float32).reshape(len(x), classes)
+_run = run_export
 
 
 def _convert(model, shape, name="net"):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .cifar import DatasetError
+from .loader import Batching
 
 __all__ = ["ImageFolder", "ImageFolderLoader", "RandomResizedCrop", "ResizeCenterCrop", "open_image",
            "image_split", "require_pillow", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS"]
@@ -248,7 +249,7 @@ class ResizeCenterCrop:
         return f"ResizeCenterCrop(size={self.size}, resize={self.resize})"
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(Batching):
     """Batches (float32 (N, 3, S, S), int64 (N,)) of an ImageFolder, decoded lazily in a thread pool.
 
     ``dataset``: an ImageFolder or its root folder. ``train=True``: RandomResizedCrop(image_size,
@@ -269,14 +270,13 @@ class ImageFolderLoader:
                  flip: float = 0.5, prefetch: int = 2, max_pixels: int = MAX_PIXELS) -> None:
         require_pillow()
         self.dataset = dataset if isinstance(dataset, ImageFolder) else ImageFolder(dataset)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._setup_batching(batch_size, drop_last, seed)
         if not 0.0 <= flip <= 1.0:
             raise ValueError(f"flip must be a probability in [0, 1], got {flip!r}")
         std = np.asarray(std, np.float32).reshape(-1, 1, 1)
         if std.shape[0] not in (1, 3) or np.any(std == 0):
             raise ValueError(f"std must be 1 or 3 non-zero values, got {std.ravel().tolist()}")
-        self.batch_size, self.train, self.drop_last = int(batch_size), bool(train), bool(drop_last)
+        self.train = bool(train)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.image_size, self.flip, self.skip_bad = _size("ImageFolderLoader", image_size), float(flip), bool(skip_bad)
         self.crop = (RandomResizedCrop(image_size, scale, ratio) if self.train
@@ -285,8 +285,6 @@ class ImageFolderLoader:
         self.prefetch, self.max_pixels = max(0, int(prefetch)), int(max_pixels)
         self._mean = np.asarray(mean, np.float32).reshape(-1, 1, 1) * np.float32(255)
         self._scale = np.float32(1) / (std * np.float32(255))
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
-        self.epoch = 0
         self.skipped: list[tuple[str, str]] = []
 
     @property
@@ -301,17 +299,6 @@ class ImageFolderLoader:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
-
-    def __len__(self) -> int:
-        """Number of batches per epoch (before any skipped image)."""
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration use ``epoch`` (a non-negative int)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
 
     def load_sample(self, index: int, epoch: int = 0) -> tuple[np.ndarray, int]:
         """Sample ``index`` as the loader gives it in ``epoch``: float32 (3, S, S) and its label."""

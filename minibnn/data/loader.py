@@ -11,7 +11,33 @@ from .transforms import BatchTransform
 __all__ = ["DataLoader"]
 
 
-class DataLoader:
+class Batching:
+    """What every loader shares: the batch size, the seed, the epoch of the next iteration, len()."""
+
+    def _setup_batching(self, batch_size: int, drop_last: bool, seed: int | None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size, self.drop_last = int(batch_size), bool(drop_last)
+        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        self.epoch = 0  # epoch used by the next iteration
+
+    @property
+    def num_samples(self) -> int:  # pragma: no cover - each loader says
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration use `epoch` (a non-negative int)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = int(epoch)
+
+
+class DataLoader(Batching):
     """Iterate (images float32, labels int64) mini-batches.
 
     Epochs: each `iter(loader)` uses the loader's current epoch and then advances it
@@ -29,29 +55,13 @@ class DataLoader:
         if len(self.images) != len(self.labels):
             raise ValueError(f"images and labels must have the same length, got "
                              f"{len(self.images)} images and {len(self.labels)} labels")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
-        self.transform = transform
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
-        self.epoch = 0  # epoch used by the next iteration
+        self._setup_batching(batch_size, drop_last, seed)
+        self.shuffle, self.transform = shuffle, transform
 
     @property
     def num_samples(self) -> int:
         """Number of samples in the data set."""
         return len(self.labels)
-
-    def __len__(self) -> int:
-        """Number of batches per epoch."""
-        full, rest = divmod(self.num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration use `epoch` (a non-negative int)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
 
     def generators(self, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
         """(shuffle rng, transform rng) for `epoch`, derived from (seed, epoch) only."""

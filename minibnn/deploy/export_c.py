@@ -231,6 +231,14 @@ def _epilogue_args(p: Program, op, o: int) -> tuple[str, str]:
     return p.const("scale", scale), p.const("bias", bias)
 
 
+def _post_affine(p: Program, op, y: Activation) -> Activation:
+    """A binary layer's second float step, y * post_scale + post_shift (a folded batch norm), if it has one."""
+    e = op.epilogue
+    if e.post_scale is None:
+        return y
+    return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
+
+
 def _binary_conv(p: Program, op: BinaryConv2d, x: Activation, where: str) -> Activation:
     c, o = op.in_channels, op.out_channels
     if x.bits:
@@ -269,10 +277,7 @@ def _binary_conv(p: Program, op: BinaryConv2d, x: Activation, where: str) -> Act
     y = p.new((o, oh, ow), layout="hwc")  # the kernel writes channels last; it stays so until a layer needs CHW
     p.emit(f"MBX_CHECK(mbk_binary_conv2d({p.ptr(words)}, {weights}, {geometry}, {scale}, {bias}, NULL, NULL, "
            f"NULL, {p.ptr(y)}, NULL));")
-    e = op.epilogue
-    if e.post_scale is None:
-        return y
-    return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
+    return _post_affine(p, op, y)
 
 
 def _binary_dense(p: Program, op: BinaryDense, x: Activation, where: str) -> Activation:
@@ -298,10 +303,7 @@ def _binary_dense(p: Program, op: BinaryDense, x: Activation, where: str) -> Act
     y = p.new((o,))
     p.emit(f"MBX_CHECK(mbk_xnor_gemm_affine({p.ptr(words)}, {weights}, 1, {o}, {nw}, {k}, {scale}, {bias}, "
            f"{p.ptr(y)}));")
-    e = op.epilogue
-    if e.post_scale is None:
-        return y
-    return _affine(p, y, p.const("post_scale", e.post_scale), p.const("post_shift", e.post_shift))
+    return _post_affine(p, op, y)
 
 
 def _quantized(p: Program, op: QuantizedLayer, x: Activation, where: str) -> Activation:
