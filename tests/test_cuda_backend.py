@@ -6,7 +6,9 @@ Two kinds of tests, all named ``test_cuda_*``:
   (skipped without nvcc), and cuda.py's whole table runs on the host emulator (tests/cuda_emu:
   the real kernel source compiled by g++, every thread of every block run in turn, reads
   bounds-checked, argument types checked against the C signatures) against numpy_ref bit for bit,
-  at the tile edges, on both load paths (16-byte and 8-byte), with guard bytes around the outputs;
+  at the tile edges, on both load paths (16-byte and 8-byte), with guard bytes around the outputs,
+  on both kernel paths: the binary tensor cores (minibnn_tc.cu, each tile configuration forced in
+  turn, run by the cooperative emulator) and the CUDA-core kernels (minibnn_kernels.cu);
 - the same comparisons on a real GPU (parameter ``cuda``, marked ``gpu``; skipped with the reason
   when the backend is not available), plus GPU-only checks: no host synchronisation with
   ``check_tails=False``, the device name, and the rate of xnor_gemm at 4096^3.
@@ -15,6 +17,7 @@ On the GPU machine: ``PYTHONPATH=. python -m pytest -m gpu tests/test_kernels.py
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
@@ -37,6 +40,7 @@ from minibnn.backend import numpy_ref as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "native" / "cuda" / "minibnn_kernels.cu"
+TC_SOURCE = ROOT / "native" / "cuda" / "minibnn_tc.cu"
 HAS_GPU = "cuda" in backend.available()
 GPU_SKIP = f"the cuda backend is not available here: {backend._errors.get('cuda', '?').split('. Fix')[0]}"
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP)]
@@ -52,6 +56,28 @@ def kb(request):
 @pytest.fixture
 def emu():
     return emulated_cuda()
+
+
+# The kernel paths of xnor_gemm / binary_conv2d: the CUDA cores, or the tensor cores with the tile
+# configuration chosen per problem (tc-auto) or forced.
+PATHS = ["cuda-cores", "tc-auto", *(f"tc-{name}" for name in cuda.TC_CONFIGS)]
+
+
+@contextlib.contextmanager
+def kernel_path(kb, path: str):
+    """Run the block on one kernel path of table ``kb`` (skips a tensor-core path on a GPU without them)."""
+    previous = cuda._tensor_cores
+    try:
+        if path == "cuda-cores":
+            cuda.set_tensor_cores(False)
+        else:
+            cuda.set_tensor_cores(None)
+            if not kb.uses_tensor_cores():
+                pytest.skip("this GPU has no binary tensor cores (compute capability < 8.0)")
+        with cuda.tile_config(path[3:] if path not in ("cuda-cores", "tc-auto") else None):
+            yield
+    finally:
+        cuda._tensor_cores = previous
 
 
 def guarded(kb, shape, dtype, fill=0x5A):
@@ -160,30 +186,34 @@ def test_cuda_sources_ship_in_the_wheel(tmp_path):
                            "--build-lib", str(tmp_path / "lib")], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    shipped = tmp_path / "lib" / "minibnn" / "backend" / "cuda_src" / SOURCE.name
-    assert shipped.read_bytes() == SOURCE.read_bytes()
+    for source in (SOURCE, TC_SOURCE):
+        shipped = tmp_path / "lib" / "minibnn" / "backend" / "cuda_src" / source.name
+        assert shipped.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("source", [SOURCE, TC_SOURCE], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_cuda_kernels_compile_with_nvcc_without_warnings_or_spills(arch, tmp_path):
+def test_cuda_kernels_compile_with_nvcc_without_warnings_or_spills(arch, source, tmp_path):
+    """ptxas checks the inline PTX (the b1 mma, cp.async) of the tensor-core kernels for both architectures."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not installed here")
     cmd = [nvcc, f"-arch={arch}", "-cubin", *cuda.NVRTC_OPTIONS, "-Xptxas", "-warn-spills,-warn-lmem-usage",
-           "-o", str(tmp_path / "k.cubin"), str(SOURCE)]
+           "-o", str(tmp_path / "k.cubin"), str(source)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("source", [SOURCE, TC_SOURCE], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_cuda_kernels_compile_with_nvrtc_and_the_backends_options(arch):
+def test_cuda_kernels_compile_with_nvrtc_and_the_backends_options(arch, source):
     """NVRTC (cupy.RawModule's compiler) needs no GPU: where libnvrtc is installed, compile as cuda.py does."""
     from cuda_emu import nvrtc
 
     path = nvrtc.find_library()
     if path is None:
         pytest.skip("libnvrtc is not installed here (pip install nvidia-cuda-nvrtc)")
-    rc, log = nvrtc.compile_source(SOURCE.read_text(), cuda.NVRTC_OPTIONS, arch, path)
+    rc, log = nvrtc.compile_source(source.read_text(), cuda.NVRTC_OPTIONS, arch, path)
     assert rc == 0 and not log.strip(), f"NVRTC ({path}) result {rc}:\n{log}"
 
 
@@ -207,6 +237,10 @@ def test_cuda_every_kernel_is_used_by_the_table():
     assert len(names) == len(set(names)) >= 11
     for kernel in names:
         assert f'"{kernel}"' in table, f"{kernel} is not launched by cuda.py"
+    tc_names = cuda_emu.kernel_names(cuda_emu.TC_KERNELS)  # named by _plan_tc: config, epilogue, copy width
+    expected = {f"mbk_tc_{c}_{kind}_{v}" for c in cuda.TC_CONFIGS for kind in set(cuda.TC_EPILOGUES.values())
+                for v in ("v16", "v8")}
+    assert len(tc_names) == len(set(tc_names)) and set(tc_names) == expected
 
 
 # ---------------------------------------------------------------- the emulator checks itself
@@ -300,24 +334,36 @@ def test_cuda_check_tails_false_never_scans_the_tails(emu, monkeypatch):
 
 def test_cuda_launch_plans_use_numpy_scalars_and_both_load_paths(emu):
     """Every scalar argument is a NumPy scalar (the emulator checks the C types), and `vec` follows alignment."""
-    emulator = emu.runtime.emulator
     for aligned, words, vec in ((True, 4, 1), (False, 4, 0), (True, 3, 0)):
         a = placed(emu, ref.pack_bits(np.ones((5, 64 * words), np.float32)), aligned)
-        emu.xnor_gemm(a, a, 64 * words, emu.xp.empty((5, 5), np.int32))
-        kernel, grid, block, args = emulator.launches[-1]
+        with kernel_path(emu, "cuda-cores"):
+            emu.xnor_gemm(a, a, 64 * words, emu.xp.empty((5, 5), np.int32))
+        kernel, grid, block, args = emu.runtime.emulator.launches[-1]
         assert kernel == "mbk_xnor_gemm" and args[6] == np.int32(vec)
         assert all(isinstance(v, (np.generic, np.ndarray)) for v in args)
         assert isinstance(grid[0], int) and block == (*cuda.TILE_BLOCK, 1)
+        emu.xnor_gemm(a, a, 64 * words, emu.xp.empty((5, 5), np.int32))  # tensor cores: 16- or 8-byte cp.async
+        kernel, grid, block, args = emu.runtime.tc_emulator.launches[-1]
+        assert kernel == f"mbk_tc_skinny_int_{'v16' if vec else 'v8'}" and block == (cuda.TC_CONFIGS["skinny"][2], 1, 1)
+        assert all(isinstance(v, (np.generic, np.ndarray)) for v in args) and isinstance(grid[0], int)
 
 
 # ---------------------------------------------------------------- the table against numpy_ref
 
-ROWS = st.sampled_from([1, 2, 7, 8, 9, 127, 128, 129, 130])           # thread tile 8 rows, block tile 128
-COLS = st.sampled_from([1, 3, 4, 5, 31, 32, 33, 63, 64, 65, 127, 128, 129])  # block tile 32 columns, words of 64
-K_BITS = st.sampled_from([1, 63, 64, 65, 127, 128, 129, 191, 192, 256, 300])
+# Tile edges: CUDA-core tiles of 8 / 128 rows and 32 columns; tensor-core tiles of 16 / 64 / 128 rows and
+# 64 / 128 columns, fragments of 16 x 8, K stages of 512 bits; output words of 64 columns.
+ROWS = st.sampled_from([1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 130])
+COLS = st.sampled_from([1, 3, 4, 5, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129])
+K_BITS = st.sampled_from([1, 63, 64, 65, 127, 128, 129, 191, 192, 256, 300, 511, 512, 513, 1025])
+PATH = st.sampled_from(PATHS)
 
 
-def _gemm_case(kb, m, n, k, seed, aligned):
+def _gemm_case(kb, m, n, k, seed, aligned, path):
+    with kernel_path(kb, path):
+        _gemm_checks(kb, m, n, k, seed, aligned)
+
+
+def _gemm_checks(kb, m, n, k, seed, aligned):
     rng = np.random.default_rng(seed)
     a, b = signed_floats(rng, (m, k)), signed_floats(rng, (n, k))
     aw, bw = ref.pack_bits(a), ref.pack_bits(b)
@@ -351,20 +397,25 @@ def _gemm_case(kb, m, n, k, seed, aligned):
 
 
 @settings(max_examples=max(150, settings().max_examples))
-@given(m=ROWS, n=COLS, k=K_BITS, seed=st.integers(0, 2**32 - 1), aligned=st.booleans())
-def test_cuda_emu_gemm_kernels_at_the_tile_edges(m, n, k, seed, aligned):
-    _gemm_case(emulated_cuda(), m, n, k, seed, aligned)
+@given(m=ROWS, n=COLS, k=K_BITS, seed=st.integers(0, 2**32 - 1), aligned=st.booleans(), path=PATH)
+def test_cuda_emu_gemm_kernels_at_the_tile_edges(m, n, k, seed, aligned, path):
+    _gemm_case(emulated_cuda(), m, n, k, seed, aligned, path)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP)
 @settings(max_examples=max(60, settings().max_examples))
-@given(m=ROWS, n=COLS, k=K_BITS, seed=st.integers(0, 2**32 - 1), aligned=st.booleans())
-def test_cuda_gpu_gemm_kernels_at_the_tile_edges(m, n, k, seed, aligned):
-    _gemm_case(backend._load("cuda"), m, n, k, seed, aligned)
+@given(m=ROWS, n=COLS, k=K_BITS, seed=st.integers(0, 2**32 - 1), aligned=st.booleans(), path=PATH)
+def test_cuda_gpu_gemm_kernels_at_the_tile_edges(m, n, k, seed, aligned, path):
+    _gemm_case(backend._load("cuda"), m, n, k, seed, aligned, path)
 
 
-def _conv_case(kb, batch, channels, hw, kernel, out_channels, stride, padding, pad_value, seed, aligned):
+def _conv_case(kb, path, **case):
+    with kernel_path(kb, path):
+        _conv_checks(kb, **case)
+
+
+def _conv_checks(kb, batch, channels, hw, kernel, out_channels, stride, padding, pad_value, seed, aligned):
     (h, w), (kh, kw), (ph, pw) = hw, kernel, padding
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
@@ -413,21 +464,21 @@ CONV_ARGS = dict(batch=st.sampled_from([1, 2, 3]), channels=st.sampled_from([1, 
                  out_channels=st.sampled_from([1, 4, 5, 31, 32, 33, 64, 65, 100]),
                  stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
                  padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), pad_value=st.sampled_from([0, 1, -1]),
-                 seed=st.integers(0, 2**32 - 1), aligned=st.booleans())
+                 seed=st.integers(0, 2**32 - 1), aligned=st.booleans(), path=PATH)
 
 
 @settings(max_examples=max(150, settings().max_examples))
 @given(**CONV_ARGS)
-def test_cuda_emu_conv_kernels_against_the_reference(**case):
-    _conv_case(emulated_cuda(), **case)
+def test_cuda_emu_conv_kernels_against_the_reference(path, **case):
+    _conv_case(emulated_cuda(), path, **case)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP)
 @settings(max_examples=max(60, settings().max_examples))
 @given(**CONV_ARGS)
-def test_cuda_gpu_conv_kernels_against_the_reference(**case):
-    _conv_case(backend._load("cuda"), **case)
+def test_cuda_gpu_conv_kernels_against_the_reference(path, **case):
+    _conv_case(backend._load("cuda"), path, **case)
 
 
 def test_cuda_pack_bits_of_views_any_axis_and_dtype(kb):
@@ -450,7 +501,13 @@ def test_cuda_pack_bits_of_views_any_axis_and_dtype(kb):
         kb.pack_bits(dev(kb, np.ones(3, np.complex64)))
 
 
-def test_cuda_large_gemm_cases(kb):
+@pytest.mark.parametrize("path", ["cuda-cores", "tc-auto"])
+def test_cuda_large_gemm_cases(kb, path):
+    with kernel_path(kb, path):
+        _large_gemm_cases(kb)
+
+
+def _large_gemm_cases(kb):
     rng = np.random.default_rng(11)
     for m, n, k in ((300, 500, 1000), (129, 257, 4161), (1, 1000, 64)):
         a, b = signed_floats(rng, (m, k)), signed_floats(rng, (n, k))
@@ -468,9 +525,15 @@ def test_cuda_large_gemm_cases(kb):
         np.testing.assert_array_equal(got, threshold_bits(dot, threshold, flip))
 
 
+@pytest.mark.parametrize("path", ["cuda-cores", "tc-auto"])
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
-def test_cuda_resnet_like_conv(kb, pad_value):
+def test_cuda_resnet_like_conv(kb, pad_value, path):
     """8 x 16 x 16 x 128 -> 128 channels, 3x3, stride 1 and 2, padding 1: a ResNet stage."""
+    with kernel_path(kb, path):
+        _resnet_like_conv(kb, pad_value)
+
+
+def _resnet_like_conv(kb, pad_value):
     rng = np.random.default_rng(13 + pad_value)
     x, wt = signed_floats(rng, (8, 128, 16, 16)), signed_floats(rng, (128, 128, 3, 3))
     xw, ww = kb.pack_channels(dev(kb, x)), kb.pack_bits(dev(kb, wt), axis=1)

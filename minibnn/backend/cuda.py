@@ -1,11 +1,15 @@
 """The GPU backend: the kernel table of numpy_ref.py over CuPy RawKernels (``xp = cupy``).
 
-The kernels are in native/cuda/minibnn_kernels.cu (shipped in the wheel as
-minibnn/backend/cuda_src/minibnn_kernels.cu), compiled once per process with NVRTC
-(``cupy.RawModule``). They run on the CUDA cores (``__popcll``) of any GPU CuPy supports:
-register-tiled xnor GEMM and direct convolution on channel-packed NHWC words, with the affine
-and threshold epilogues fused (see the comment at the top of the .cu for the launch shapes).
-Results are bit for bit those of numpy_ref, float32 epilogues included.
+Two kernel sources, shipped in the wheel under minibnn/backend/cuda_src/ and compiled once per
+process with NVRTC (``cupy.RawModule``); results are bit for bit those of numpy_ref, float32
+epilogues included:
+- native/cuda/minibnn_tc.cu, the binary tensor cores (sm_80 and newer): one implicit-GEMM kernel
+  (``mma.sync ... m16n8k256 ... b1 ... and.popc``, shared-memory tiles fed by double-buffered
+  cp.async) for xnor_gemm and binary_conv2d with the int32, affine and threshold epilogues fused,
+  in three tile shapes chosen per problem (``_tc_config``);
+- native/cuda/minibnn_kernels.cu, the CUDA cores (``__popcll``) of any GPU CuPy supports: packing,
+  popcounts, the padding correction, and the register-tiled GEMM and direct convolution that older
+  GPUs (or ``set_tensor_cores(False)``, or ``MINIBNN_CUDA_TENSOR_CORES=0``) use instead.
 
 Every argument is checked here as in the other backends (ValueError naming it); arrays must be
 CuPy arrays (a NumPy array is host memory: ValueError saying how to move it) and kernel operands
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,13 +42,19 @@ conv_output_hw = _ref.conv_output_hw
 n_words = _ref.n_words
 
 SOURCE_NAME = "minibnn_kernels.cu"
+TC_SOURCE_NAME = "minibnn_tc.cu"
 NVRTC_OPTIONS = ("-std=c++14",)
+TC_MIN_CAPABILITY = (8, 0)  # the b1 mma with .and.popc: Ampere and newer
 
 # Launch shapes. TILE_ROWS / TILE_COLS / WORD_COLS are MBK_TM / MBK_TN / MBK_TW of the .cu (a test checks).
 TILE_ROWS, TILE_COLS = 8, 4  # rows x columns of the register tile of one thread (GEMM and conv)
 TILE_BLOCK = (8, 16)         # threads along columns (x) and rows (y): a block covers 128 rows x 32 columns
 WORD_COLS = 64               # threshold kernels: columns per thread (one packed output word)
 BLOCK_1D = 128               # threads per block of the 1-D kernels
+# Tensor-core tiles: name -> (rows, columns, threads) of a block; MBK_TC_KERNEL lines of minibnn_tc.cu.
+TC_CONFIGS = {"large": (128, 128, 256), "medium": (64, 64, 128), "skinny": (16, 128, 128)}
+TC_EPILOGUES = {numpy.dtype(numpy.int32): "int", numpy.dtype(numpy.float32): "affine",
+                numpy.dtype(numpy.uint64): "threshold"}
 _INT32_MAX = _ref.INT32_MAX
 _MAX_GRID = 2**31 - 1
 
@@ -60,30 +71,31 @@ def _cupy():
     return cupy
 
 
-def source_path() -> Path:
-    """The .cu file: native/cuda/ of a source checkout (or editable install), else the installed copy."""
+def source_path(source: str | None = None) -> Path:
+    """A .cu file (default SOURCE_NAME): native/cuda/ of a source checkout (or editable install), else the installed copy."""
+    source = source or SOURCE_NAME
     here = Path(__file__).resolve().parent
-    candidates = [here.parents[1] / "native" / "cuda" / SOURCE_NAME, here / "cuda_src" / SOURCE_NAME]
+    candidates = [here.parents[1] / "native" / "cuda" / source, here / "cuda_src" / source]
     for path in candidates:
         if path.is_file():
             return path
     raise BackendUnavailable(
-        f"the CUDA kernel source {SOURCE_NAME} is missing (looked for {candidates[1]} and {candidates[0]}). "
-        f"Fix: reinstall minibnn (`pip install .` copies native/cuda/{SOURCE_NAME} into minibnn/backend/cuda_src/), "
-        f"or run from a source checkout that has native/cuda/{SOURCE_NAME}. {_MEANWHILE}")
+        f"the CUDA kernel source {source} is missing (looked for {candidates[1]} and {candidates[0]}). "
+        f"Fix: reinstall minibnn (`pip install .` copies native/cuda/{source} into minibnn/backend/cuda_src/), "
+        f"or run from a source checkout that has native/cuda/{source}. {_MEANWHILE}")
 
 
 @functools.lru_cache(maxsize=None)
-def _module():
-    """The compiled kernels (NVRTC, once per process; CuPy caches the binary on disk as well)."""
-    module = _cupy().RawModule(code=source_path().read_text(encoding="utf-8"), options=NVRTC_OPTIONS)
+def _module(source: str = SOURCE_NAME):
+    """The compiled kernels of one source (NVRTC, once per process; CuPy caches the binary on disk as well)."""
+    module = _cupy().RawModule(code=source_path(source).read_text(encoding="utf-8"), options=NVRTC_OPTIONS)
     module.compile()
     return module
 
 
 @functools.lru_cache(maxsize=None)
 def _function(kernel: str):
-    return _module().get_function(kernel)
+    return _module(TC_SOURCE_NAME if kernel.startswith("mbk_tc_") else SOURCE_NAME).get_function(kernel)
 
 
 class _CupyRuntime:
@@ -107,6 +119,17 @@ class _CupyRuntime:
     @staticmethod
     def device() -> int:
         return _cupy().cuda.Device().id
+
+    @staticmethod
+    def device_properties() -> tuple[tuple[int, int], int]:
+        """(compute capability, number of SMs) of the current device."""
+        return _device_properties(_cupy().cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_properties(device: int) -> tuple[tuple[int, int], int]:
+    props = _cupy().cuda.runtime.getDeviceProperties(device)
+    return (int(props["major"]), int(props["minor"])), int(props["multiProcessorCount"])
 
 
 _runtime: Any = _CupyRuntime()
@@ -167,14 +190,16 @@ def check_available() -> None:
             f"(cupy-cuda12x for CUDA 12 drivers: pip install 'minibnn[gpu-cuda12]'). {_MEANWHILE}") from exc
     if count < 1:
         raise BackendUnavailable(f"no CUDA GPU was found (the driver reports 0 devices). {_MEANWHILE}")
-    source_path()
-    try:
-        _module()
-    except Exception as exc:  # noqa: BLE001 (NVRTC missing or a compile error: say which)
-        raise BackendUnavailable(
-            f"the CUDA kernels ({source_path()}) could not be compiled with NVRTC ({type(exc).__name__}: {exc}). "
-            f"Fix: install the CUDA runtime libraries CuPy needs (see CuPy's installation guide). {_MEANWHILE}"
-        ) from exc
+    sources = [SOURCE_NAME] + ([TC_SOURCE_NAME] if uses_tensor_cores() else [])
+    for source in sources:
+        source_path(source)
+        try:
+            _module(source)
+        except Exception as exc:  # noqa: BLE001 (NVRTC missing or a compile error: say which)
+            raise BackendUnavailable(
+                f"the CUDA kernels ({source_path(source)}) could not be compiled with NVRTC ({type(exc).__name__}: "
+                f"{exc}). Fix: install the CUDA runtime libraries CuPy needs (see CuPy's installation guide); "
+                f"MINIBNN_CUDA_TENSOR_CORES=0 skips the tensor-core kernels. {_MEANWHILE}") from exc
 
 
 def device_name() -> str:
@@ -192,6 +217,68 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return 1
+
+
+# ---------------------------------------------------------------- tensor cores or CUDA cores
+
+def _setting_from_env() -> bool | None:
+    value = os.environ.get("MINIBNN_CUDA_TENSOR_CORES", "auto").strip().lower()
+    choices = {"auto": None, "": None, "1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+    if value not in choices:
+        raise ValueError(f"MINIBNN_CUDA_TENSOR_CORES must be auto, 1 / on or 0 / off, got {value!r}")
+    return choices[value]
+
+
+_FROM_ENV = "env"
+_tensor_cores: bool | None | str = _FROM_ENV  # set_tensor_cores' choice; until then MINIBNN_CUDA_TENSOR_CORES
+_forced_tile: str | None = None
+
+
+def set_tensor_cores(enabled: bool | None) -> None:
+    """Choose the GEMM / convolution kernels: None = tensor cores where the GPU has them (compute
+    capability 8.0+; overrides MINIBNN_CUDA_TENSOR_CORES), False = the CUDA-core kernels, True =
+    tensor cores or an error."""
+    global _tensor_cores
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError(f"set_tensor_cores takes True, False or None (automatic), got {enabled!r}")
+    _tensor_cores = enabled
+
+
+def uses_tensor_cores() -> bool:
+    """Whether xnor_gemm and binary_conv2d run on the binary tensor cores of the current GPU."""
+    wanted = _setting_from_env() if _tensor_cores == _FROM_ENV else _tensor_cores
+    if wanted is False:
+        return False
+    capable = _runtime.device_properties()[0] >= TC_MIN_CAPABILITY
+    if wanted and not capable:
+        cc = ".".join(map(str, _runtime.device_properties()[0]))
+        raise BackendUnavailable(f"tensor cores were requested but this GPU (compute capability {cc}) has no b1 "
+                                 f"mma; it needs 8.0 or newer. Fix: set_tensor_cores(None) uses the CUDA cores.")
+    return capable
+
+
+@contextlib.contextmanager
+def tile_config(name: str | None) -> Iterator[None]:
+    """Force one tensor-core tile configuration (a key of TC_CONFIGS) inside the block (tests, benchmarks)."""
+    global _forced_tile
+    if name is not None and name not in TC_CONFIGS:
+        raise ValueError(f"tile_config: expected one of {sorted(TC_CONFIGS)} or None, got {name!r}")
+    previous, _forced_tile = _forced_tile, name
+    try:
+        yield
+    finally:
+        _forced_tile = previous
+
+
+def _tc_config(rows: int, cols: int) -> str:
+    """The tile shape for a rows x cols output: skinny for a few rows, large when its blocks fill the GPU."""
+    if _forced_tile is not None:
+        return _forced_tile
+    if rows <= TC_CONFIGS["skinny"][0]:
+        return "skinny"
+    bm, bn, _ = TC_CONFIGS["large"]
+    blocks = -(-rows // bm) * -(-cols // bn)
+    return "large" if blocks >= 2 * _runtime.device_properties()[1] else "medium"
 
 
 # ---------------------------------------------------------------- launch planning (pure Python)
@@ -225,6 +312,48 @@ def _plan_tiles(kernel: str, rows: int, cols: int, args: tuple) -> Launch:
 def _vec(words: int, *arrays) -> numpy.int32:
     """1 when the kernels may read two words at a time: an even word count and 16-byte aligned operands."""
     return _i32(words % 2 == 0 and all(_runtime.address(a) % 16 == 0 for a in arrays))
+
+
+def _plan_tc(x, wt, pad, pb, corr, g: dict, epilogue: tuple, out) -> Launch:
+    """The tensor-core launch for a convolution geometry ``g`` (a GEMM is a 1x1 one of 1x1 images).
+
+    epilogue: (scale, bias) for float32 ``out``, (threshold, flip) for packed uint64, () for int32.
+    """
+    xp = _runtime.xp
+    kind = TC_EPILOGUES[out.dtype]
+    rows = g["batch"] * g["oh"] * g["ow"]
+    config = _tc_config(rows, g["o"])
+    bm, bn, threads = TC_CONFIGS[config]
+    vec = g["wc"] % 2 == 0 and all(_runtime.address(a) % 16 == 0 for a in (x, wt, pad))
+    _ints_fit(kwords=g["kh"] * g["kw"] * g["wc"])
+    unused_f, unused_i = xp.empty(0, dtype=numpy.float32), xp.empty(0, dtype=numpy.int32)
+    scale, bias = epilogue if kind == "affine" else (unused_f, unused_f)
+    threshold, flip = epilogue if kind == "threshold" else (unused_i, xp.empty(0, dtype=numpy.uint8))
+    outs = {"int": (out, unused_f, xp.empty(0, dtype=numpy.uint64)), "affine": (unused_i, out, xp.empty(0, numpy.uint64)),
+            "threshold": (unused_i, unused_f, out)}[kind]
+    has_corr = corr is not None
+    args = (x, wt, pad, pb, corr if has_corr else unused_i, _i32(has_corr), _i64(g["batch"]),
+            *map(_i32, (g["h"], g["w"], g["wc"], g["o"], g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"],
+                        g["oh"], g["ow"], g["k"])),
+            scale, bias, threshold, flip, *outs)
+    tiles = -(-rows // bm) * -(-g["o"] // bn)
+    return Launch(f"mbk_tc_{config}_{kind}_{'v16' if vec else 'v8'}", (_blocks(tiles, 1), 1, 1), (threads, 1, 1), args)
+
+
+def _tc_gemm(a_words, b_words, k: int, epilogue: tuple, out) -> None:
+    """xnor_gemm's three epilogues on the tensor cores: rows of a are 1x1 images, rows of b 1x1 filters."""
+    m, w = a_words.shape
+    g = dict(batch=m, h=1, w=1, wc=w, o=b_words.shape[0], kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, oh=1, ow=1, k=k)
+    _launch(_plan_tc(a_words, b_words, a_words, popcount_rows(b_words), None, g, epilogue, out))
+
+
+def _tc_conv(x_words, w_words, g: dict, correction, epilogue: tuple, out) -> None:
+    """binary_conv2d's three epilogues on the tensor cores (implicit GEMM over the taps)."""
+    corr = None
+    if g["pad_value"] == 0:
+        corr = _correction(w_words, g) if correction is None else correction
+    pb = popcount_rows(w_words.reshape(g["o"], -1))
+    _launch(_plan_tc(x_words, w_words, _pad_words(g), pb, corr, g, epilogue, out))
 
 
 def _ints_fit(**values) -> None:
@@ -336,7 +465,9 @@ def xnor_gemm(a_words, b_words, k: int, out, check_tails: bool = True):
     """
     k = _ref.check_gemm(a_words, b_words, k, out, numpy.int32, True, check_tails=check_tails,
                         xp=_runtime.xp, backend=name)
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_gemm(a_words, b_words, k, (), out)
+    elif out.size:
         _launch(_plan_gemm("mbk_xnor_gemm", a_words, b_words, k, (out,)))
     return out
 
@@ -345,7 +476,9 @@ def xnor_gemm_affine(a_words, b_words, k: int, scale, bias, out, check_tails: bo
     """out[m, n] = scale[n] * dot + bias[n] in float32 (multiply, round, add, round): the fused epilogue."""
     k = _ref.check_gemm(a_words, b_words, k, out, numpy.float32, True, scale, bias, check_tails=check_tails,
                         xp=_runtime.xp, backend=name)
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_gemm(a_words, b_words, k, (scale, bias), out)
+    elif out.size:
         _launch(_plan_gemm("mbk_xnor_gemm_affine", a_words, b_words, k, (scale, bias, out)))
     return out
 
@@ -358,7 +491,9 @@ def xnor_gemm_threshold(a_words, b_words, k: int, threshold, flip, out, check_ta
                         xp=xp, backend=name)
     _ref.check_threshold(threshold, flip, n, "(N,) = b_words rows", True, xp=xp, backend=name)
     _ref.check_disjoint(out, xp, threshold=threshold, flip=flip)  # threads read them while others write out
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_gemm(a_words, b_words, k, (threshold, flip), out)
+    elif out.size:
         _launch(_plan_gemm("mbk_xnor_gemm_threshold", a_words, b_words, k, (threshold, flip, out), packed=True))
     return out
 
@@ -440,7 +575,9 @@ def binary_conv2d(x_words, w_words, channels: int, stride, padding, pad_value, o
     """
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.int32, True, correction,
                         check_tails=check_tails, xp=_runtime.xp, backend=name)
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_conv(x_words, w_words, g, correction, (), out)
+    elif out.size:
         _launch(_plan_conv("mbk_binary_conv2d", x_words, w_words, g, correction, (out,)))
     return out
 
@@ -450,7 +587,9 @@ def binary_conv2d_affine(x_words, w_words, channels: int, stride, padding, pad_v
     """binary_conv2d with the fused float32 epilogue out = scale[o] * y + bias[o], float32 (N, OH, OW, O)."""
     g = _ref.check_conv(x_words, w_words, channels, stride, padding, pad_value, out, numpy.float32, True,
                         correction, scale, bias, check_tails=check_tails, xp=_runtime.xp, backend=name)
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_conv(x_words, w_words, g, correction, (scale, bias), out)
+    elif out.size:
         _launch(_plan_conv("mbk_binary_conv2d_affine", x_words, w_words, g, correction, (scale, bias, out)))
     return out
 
@@ -463,7 +602,9 @@ def binary_conv2d_threshold(x_words, w_words, channels: int, stride, padding, pa
                         correction, packed_out=True, check_tails=check_tails, xp=xp, backend=name)
     _ref.check_threshold(threshold, flip, g["o"], "(O,) = w_words.shape[0]", True, xp=xp, backend=name)
     _ref.check_disjoint(out, xp, threshold=threshold, flip=flip)  # threads read them while others write out
-    if out.size:
+    if out.size and uses_tensor_cores():
+        _tc_conv(x_words, w_words, g, correction, (threshold, flip), out)
+    elif out.size:
         _launch(_plan_conv("mbk_binary_conv2d_threshold", x_words, w_words, g, correction, (threshold, flip, out),
                            packed=True))
     return out

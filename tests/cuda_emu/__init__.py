@@ -2,7 +2,11 @@
 
 ``build()`` compiles native/cuda/minibnn_kernels.cu with g++ as host C++ (cuda_shim.h defines
 ``__global__``, ``threadIdx``, ``__ldg``, ``__popcll``, ``__fmul_rn``, ...) together with
-emulator.cpp, a launcher that runs every thread of every block in turn. ``runtime()`` gives an object
+emulator.cpp, a launcher that runs every thread of every block in turn. ``build(TC_KERNELS,
+cooperative=True)`` builds the tensor-core kernels (native/cuda/minibnn_tc.cu) the same way, with
+coop_shim.h: each block's threads run as fibers, with shared memory, ``__syncthreads``, queued
+cp.async copies and the warp-wide b1 mma computed from the 32 lanes' fragments (a barrier that not
+every thread reaches is reported as a deadlock). ``runtime()`` gives an object
 that minibnn.backend.cuda accepts in ``use_runtime``: its array module ``xp`` makes ``DeviceArray``
 (a NumPy array standing for device memory; plain NumPy arrays are "host memory" and the table
 rejects them, as it would on a GPU), and its ``launch`` runs a planned kernel launch here.
@@ -34,6 +38,8 @@ from minibnn.backend import cuda
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 KERNELS = ROOT / "native" / "cuda" / "minibnn_kernels.cu"
+TC_KERNELS = ROOT / "native" / "cuda" / "minibnn_tc.cu"
+COOP_SELFTEST = HERE / "coop_selftest.cu"
 FLAGS = ["-std=c++14", "-O2", "-ffp-contract=off", "-fno-strict-aliasing", "-fPIC", "-shared",
          "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Wno-unused-parameter"]
 
@@ -43,21 +49,26 @@ class EmulatorUnavailable(RuntimeError):
 
 
 def kernel_names(source: Path = KERNELS) -> list[str]:
-    """The extern "C" __global__ functions of the .cu, in order."""
+    """The extern "C" __global__ functions of the .cu, in order (MBK_TC_KERNEL(name, ...) lines included)."""
+    text = re.sub(r"#define(?:[^\n]*\\\n)*[^\n]*", "", source.read_text(encoding="utf-8"))  # not macro bodies
     pattern = r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\('
-    return re.findall(pattern, source.read_text(encoding="utf-8"))
+    return re.findall(pattern, text) + re.findall(r"^MBK_TC_KERNEL\((\w+),", text, flags=re.M)
 
 
-def build(out_dir: str | os.PathLike | None = None) -> Path:
-    """Compile the emulator library into ``out_dir`` (a new temporary directory when None)."""
+def build(out_dir: str | os.PathLike | None = None, source: Path = KERNELS, cooperative: bool = False) -> Path:
+    """Compile the emulator library of ``source`` into ``out_dir`` (a new temporary directory when None)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise EmulatorUnavailable("no C++ compiler (g++) found: the host emulator of the CUDA kernels cannot be built")
     out = Path(out_dir or tempfile.mkdtemp(prefix="minibnn_cuda_emu_"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels.inc").write_text("".join(f"EMU_KERNEL({n})\n" for n in kernel_names()), encoding="utf-8")
+    out = out / source.stem
+    out.mkdir(exist_ok=True)
+    (out / "kernels.inc").write_text("".join(f"EMU_KERNEL({n})\n" for n in kernel_names(source)), encoding="utf-8")
     lib = out / "libminibnn_cuda_emu.so"
-    cmd = [cxx, *FLAGS, f"-I{HERE}", f"-I{KERNELS.parent}", f"-I{out}", str(HERE / "emulator.cpp"), "-o", str(lib)]
+    defines = [f'-DEMU_SOURCE="{source.name}"'] + (["-DEMU_COOPERATIVE"] if cooperative else [])
+    cmd = [cxx, *FLAGS, *defines, f"-I{HERE}", f"-I{source.parent}", f"-I{KERNELS.parent}", f"-I{out}", str(HERE / "emulator.cpp"),
+           "-o", str(lib)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"building the CUDA emulator failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -130,6 +141,7 @@ class Emulator:
     def __init__(self, lib_path: Path):
         self.lib = ctypes.CDLL(str(lib_path))
         self.lib.emu_launch.restype = ctypes.c_longlong
+        self.lib.emu_error.restype = ctypes.c_char_p
         self.lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                         ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ulonglong),
                                         ctypes.c_int, ctypes.POINTER(ctypes.c_ulonglong), ctypes.POINTER(ctypes.c_int)]
@@ -184,6 +196,8 @@ class Emulator:
                                  rng, len(ranges) // 2, ctypes.byref(bad_address), ctypes.byref(bad_size))
         if rc == -1:
             raise LookupError(f"the CUDA source has no kernel named {kernel!r}")
+        if rc == -3:
+            raise AssertionError(f"{kernel}: {self.lib.emu_error().decode()}")
         if rc:
             where = ", ".join(f"[{ranges[j]:#x}, {ranges[j + 1]:#x})" for j in range(0, len(ranges), 2))
             what = "misaligned" if bad_size.value < 0 else "out-of-bounds"
@@ -199,15 +213,32 @@ def _dims(d) -> tuple[int, int, int]:
 
 
 class Runtime:
-    """What minibnn.backend.cuda.use_runtime takes: the array module, the launcher, an address function."""
+    """What minibnn.backend.cuda.use_runtime takes: the array module, the launcher, an address function.
 
-    def __init__(self, emulator: Emulator):
+    It stands for a GPU of compute capability ``capability`` with ``multiprocessors`` SMs (few, so
+    that the tile choice for "enough blocks to fill the GPU" is exercised by small problems).
+    """
+
+    def __init__(self, emulator: Emulator, tc_emulator: Emulator | None = None, capability: tuple = (9, 0),
+                 multiprocessors: int = 2):
         self.emulator = emulator
+        self.tc_emulator = tc_emulator
         self.xp = EmulatedXP()
         self.pad_cache: dict = {}
+        self.capability = capability
+        self.multiprocessors = multiprocessors
 
     def launch(self, kernel: str, grid, block, args) -> None:
-        self.emulator.launch(kernel, grid, block, args)
+        if kernel.startswith("mbk_tc_"):
+            if self.tc_emulator is None:
+                raise LookupError(f"{kernel}: this emulated runtime has no tensor-core kernels")
+            self.tc_emulator.launch(kernel, grid, block, args)
+        else:
+            self.emulator.launch(kernel, grid, block, args)
+
+    def device_properties(self) -> tuple[tuple[int, int], int]:
+        """(compute capability, number of SMs) of the emulated GPU."""
+        return self.capability, self.multiprocessors
 
     @staticmethod
     def address(a) -> int:
@@ -247,4 +278,4 @@ def emulated_table() -> EmulatedTable:
     """The table on an emulator built once per process (in a temporary directory removed at exit)."""
     out = tempfile.mkdtemp(prefix="minibnn_cuda_emu_")
     atexit.register(shutil.rmtree, out, True)
-    return EmulatedTable(Runtime(Emulator(build(out))))
+    return EmulatedTable(Runtime(Emulator(build(out)), Emulator(build(out, TC_KERNELS, cooperative=True))))
