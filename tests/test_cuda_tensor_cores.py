@@ -68,6 +68,7 @@ def test_cuda_tc_tile_choice_follows_the_shape():
     assert _gemm_kernel(kb, 100, 200, 100).startswith("mbk_tc_medium_")   # 1 x 2 large tiles
     assert _gemm_kernel(kb, 200, 200, 100).startswith("mbk_tc_large_")    # 2 x 2
     assert _gemm_kernel(emulated_gpu((9, 0), multiprocessors=1), 100, 200, 100).startswith("mbk_tc_large_")
+    assert _gemm_kernel(kb, 1000, 64, 100).startswith("mbk_tc_medium_")   # 64 columns: a 64-wide tile
     with cuda.tile_config("skinny"):
         assert _gemm_kernel(kb, 200, 20, 100).startswith("mbk_tc_skinny_")
     with pytest.raises(ValueError, match="tile_config"):

@@ -271,14 +271,16 @@ def tile_config(name: str | None) -> Iterator[None]:
 
 
 def _tc_config(rows: int, cols: int) -> str:
-    """The tile shape for a rows x cols output: skinny for a few rows, large when its blocks fill the GPU."""
+    """The tile shape for a rows x cols output: skinny for a few rows (batch-1 layers); large when its
+    blocks fill the GPU twice over and the columns fill its 128 (64 output channels would waste half
+    of every mma); medium otherwise."""
     if _forced_tile is not None:
         return _forced_tile
     if rows <= TC_CONFIGS["skinny"][0]:
         return "skinny"
     bm, bn, _ = TC_CONFIGS["large"]
     blocks = -(-rows // bm) * -(-cols // bn)
-    return "large" if blocks >= 2 * _runtime.device_properties()[1] else "medium"
+    return "large" if cols > TC_CONFIGS["medium"][1] and blocks >= 2 * _runtime.device_properties()[1] else "medium"
 
 
 # ---------------------------------------------------------------- launch planning (pure Python)

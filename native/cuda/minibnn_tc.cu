@@ -143,34 +143,30 @@ __device__ __forceinline__ void load_stage(const TcProblem& g, TcShared<BM, BN>&
     }
 }
 
-// The warp's FM x FN fragments of stage st, both 256-bit steps.
+// The warp's FM x FN fragments of one 256-bit step of stage st: 32-bit words k0 ... k0 + 7 of each row.
 template <int BM, int BN, int FM, int FN>
-__device__ __forceinline__ void mma_stage(const TcShared<BM, BN>& s, int st, int wrow, int wcol, int lane,
-                                          int (&acc)[FM][FN][4]) {
+__device__ __forceinline__ void mma_step(const TcShared<BM, BN>& s, int st, int k0, int wrow, int wcol, int lane,
+                                         int (&acc)[FM][FN][4]) {
     const int g = lane >> 2, t = lane & 3;
+    u32 a[FM][4], b[FN][2];
 #pragma unroll
-    for (int step = 0; step < 2; ++step) {
-        const int k0 = step * 8;
-        u32 a[FM][4], b[FN][2];
-#pragma unroll
-        for (int i = 0; i < FM; ++i) {
-            const int r = wrow + i * 16 + g;
-            a[i][0] = s.a[st][r][k0 + t];
-            a[i][1] = s.a[st][r + 8][k0 + t];
-            a[i][2] = s.a[st][r][k0 + 4 + t];
-            a[i][3] = s.a[st][r + 8][k0 + 4 + t];
-        }
-#pragma unroll
-        for (int j = 0; j < FN; ++j) {
-            const int c = wcol + j * 8 + g;
-            b[j][0] = s.b[st][c][k0 + t];
-            b[j][1] = s.b[st][c][k0 + 4 + t];
-        }
-#pragma unroll
-        for (int i = 0; i < FM; ++i)
-#pragma unroll
-            for (int j = 0; j < FN; ++j) mma_and_popc(acc[i][j], a[i], b[j]);
+    for (int i = 0; i < FM; ++i) {
+        const int r = wrow + i * 16 + g;
+        a[i][0] = s.a[st][r][k0 + t];
+        a[i][1] = s.a[st][r + 8][k0 + t];
+        a[i][2] = s.a[st][r][k0 + 4 + t];
+        a[i][3] = s.a[st][r + 8][k0 + 4 + t];
     }
+#pragma unroll
+    for (int j = 0; j < FN; ++j) {
+        const int c = wcol + j * 8 + g;
+        b[j][0] = s.b[st][c][k0 + t];
+        b[j][1] = s.b[st][c][k0 + 4 + t];
+    }
+#pragma unroll
+    for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) mma_and_popc(acc[i][j], a[i], b[j]);
 }
 
 // Epilogue KIND 0: int32 dot; 1: float32 scale * dot + bias; 2: packed bit (dot >= threshold) != flip.
@@ -239,7 +235,9 @@ __device__ __forceinline__ void tc_tile(const TcProblem& g, const TcOut& e) {
         if (tid < BM)
 #pragma unroll
             for (int q = 0; q < 2 * TC_BKW; ++q) pop += __popc(s.a[st][tid][q]);
-        mma_stage<BM, BN, FM, FN>(s, st, wrow, wcol, lane, acc);
+        mma_step<BM, BN, FM, FN>(s, st, 0, wrow, wcol, lane, acc);
+        if (g.kwords - kt * TC_BKW > TC_BKW / 2)  // a last stage of at most 4 words skips its zero half
+            mma_step<BM, BN, FM, FN>(s, st, 8, wrow, wcol, lane, acc);
         __syncthreads();  // stage st is free for kt + 2's copies
     }
     if (tid < BM) s.pop[tid] = pop;
@@ -279,9 +277,10 @@ __device__ __forceinline__ TcProblem make_problem(const u64* x, const u64* wt, c
 }
 
 // MBK_TC_KERNEL(name, BM, BN, WM, WN, VW, KIND): one extern "C" kernel per tile configuration, copy
-// width and epilogue (cuda.py's TC_CONFIGS mirrors the shapes; a test checks).
+// width and epilogue (cuda.py's TC_CONFIGS mirrors the shapes; a test checks). The launch bounds ask
+// for one block an SM at least: without the 1, ptxas capped one kernel at 72 registers and spilled.
 #define MBK_TC_KERNEL(NAME, BM, BN, WM, WN, VW, KIND)                                                         \
-    extern "C" __global__ void __launch_bounds__(WM * WN * 32) NAME(MBK_TC_PARAMS) {                          \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32, 1) NAME(MBK_TC_PARAMS) {                          \
         const TcProblem g = make_problem(x, wt, pad, pb, has_corr ? corr : 0, batch, h, w, wc, o, kh, kw, sh, sw, \
                                          ph, pw, oh, ow, k);                                                   \
         const TcOut e = {scale, bias, threshold, flip, out_i, out_f, out_b};                                   \
