@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cuda_backend import GPU_SKIP, HAS_GPU, TC_SOURCE, kernel_path
+from test_cuda_backend import GPU_SKIP, HAS_GPU, TC_SOURCE, _conv_checks, _gemm_checks, kernel_path
 from test_kernels import emulated_cuda, host
 
 from minibnn.backend import BackendUnavailable, cuda
@@ -121,6 +121,18 @@ def test_cuda_tc_k_zero_and_empty_outputs():
         out = kb.xnor_gemm(a, a, 0, kb.xp.empty((3, 3), np.int32))
         np.testing.assert_array_equal(host(out), 0)
         assert kb.xnor_gemm(a, a[:0], 0, kb.xp.empty((3, 0), np.int32)).size == 0
+
+
+@pytest.mark.parametrize("config", list(cuda.TC_CONFIGS))
+def test_cuda_tc_kernels_on_the_hostile_schedule(config):
+    """Copies landing at once and the last warp racing ahead: a missing barrier would change these results."""
+    kb = emulated_cuda()
+    with kb.runtime.tc_emulator.hostile(), kernel_path(kb, f"tc-{config}"):
+        _gemm_checks(kb, 130, 129, 1025, seed=1, aligned=True)
+        _gemm_checks(kb, 17, 65, 513, seed=2, aligned=False)
+        for pad_value, channels, aligned in ((0, 65, True), (1, 128, True), (-1, 128, False)):
+            _conv_checks(kb, batch=2, channels=channels, hw=(6, 5), kernel=(3, 3), out_channels=70, stride=(1, 2),
+                         padding=(1, 1), pad_value=pad_value, seed=3, aligned=aligned)
 
 
 # ---------------------------------------------------------------- the cooperative emulator checks itself

@@ -327,7 +327,8 @@ def _plan_tc(x, wt, pad, pb, corr, g: dict, epilogue: tuple, out) -> Launch:
     config = _tc_config(rows, g["o"])
     bm, bn, threads = TC_CONFIGS[config]
     vec = g["wc"] % 2 == 0 and all(_runtime.address(a) % 16 == 0 for a in (x, wt, pad))
-    _ints_fit(kwords=g["kh"] * g["kw"] * g["wc"])
+    _ints_fit(h=g["h"], w=g["w"], o=g["o"], kh=g["kh"], kw=g["kw"], stride=max(g["sh"], g["sw"]),
+              padding=max(g["ph"], g["pw"]), oh=g["oh"], ow=g["ow"], kwords=g["kh"] * g["kw"] * g["wc"])
     unused_f, unused_i = xp.empty(0, dtype=numpy.float32), xp.empty(0, dtype=numpy.int32)
     scale, bias = epilogue if kind == "affine" else (unused_f, unused_f)
     threshold, flip = epilogue if kind == "threshold" else (unused_i, xp.empty(0, dtype=numpy.uint8))

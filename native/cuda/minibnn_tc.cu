@@ -58,18 +58,20 @@ __device__ __forceinline__ void cp_async(void* smem, const void* global, bool va
     const u32 dst = (u32)__cvta_generic_to_shared(smem);
     const int src_bytes = valid ? BYTES : 0;
     if (BYTES == 16) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(src_bytes));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(src_bytes)
+                     : "memory");
     } else {
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(global), "r"(src_bytes));
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(global), "r"(src_bytes)
+                     : "memory");
     }
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");  // no shared read moves above it
 }
 #endif
 
@@ -94,7 +96,7 @@ struct TcShared {
     int iy[BM], ix[BM]; // top-left input position of the row's window
     int valid[BM];      // the row is an output pixel (else zero-filled, not stored)
     int pop[BM];        // popcount of the row over all K words
-    u64 bits[BM][BN / 64];  // KIND 2: the packed output words of the tile
+    u32 bits[BM][BN / 32];  // KIND 2: the packed output words of the tile, as 32-bit halves (native atomicOr)
 };
 
 __device__ __forceinline__ int block_thread() { return (int)(threadIdx.x + blockDim.x * threadIdx.y); }
@@ -112,7 +114,7 @@ __device__ __forceinline__ void plan_rows(const TcProblem& g, i64 row0, TcShared
         s.iy[r] = oy * g.sh - g.ph;
         s.ix[r] = ox * g.sw - g.pw;
         s.valid[r] = valid;
-        for (int j = 0; j < BN / 64; ++j) s.bits[r][j] = 0;
+        for (int j = 0; j < BN / 32; ++j) s.bits[r][j] = 0;
     }
 }
 
@@ -180,20 +182,17 @@ struct TcOut {
     u64* out_b;
 };
 
+// Output (pixel p = tile row r, channel oc = tile column c) of value dot through the epilogue KIND.
 template <int KIND, int BM, int BN>
-__device__ __forceinline__ void emit(const TcProblem& g, const TcOut& e, TcShared<BM, BN>& s, i64 row0, i64 col0,
-                                     int r, int c, int and_count) {
-    const i64 p = row0 + r, oc = col0 + c;
-    if (p >= g.pixels || oc >= g.o) return;
-    i64 dot = (i64)g.k - 2 * ((i64)s.pop[r] + __ldg(g.pb + oc) - 2 * (i64)and_count);
-    if (g.corr) dot += __ldg(g.corr + (p % ((i64)g.oh * g.ow)) * g.o + oc);
+__device__ __forceinline__ void emit(const TcProblem& g, const TcOut& e, TcShared<BM, BN>& s, i64 p, int r, i64 oc,
+                                     int c, i64 dot) {
     if (KIND == 0) {
         e.out_i[p * g.o + oc] = (int)dot;
     } else if (KIND == 1) {
         e.out_f[p * g.o + oc] = __fadd_rn(__fmul_rn((float)dot, __ldg(e.scale + oc)), __ldg(e.bias + oc));
     } else {
         const bool bit = (dot >= (i64)__ldg(e.threshold + oc)) != (__ldg(e.flip + oc) != 0);
-        if (bit) atomicOr(&s.bits[r][c / 64], (u64)1 << (c % 64));
+        if (bit) atomicOr(&s.bits[r][c / 32], 1u << (c % 32));
     }
 }
 
@@ -205,7 +204,7 @@ __device__ __forceinline__ void store_bits(const TcProblem& g, const TcOut& e, c
     for (int idx = block_thread(); idx < BM * (BN / 64); idx += THREADS) {
         const int r = idx / (BN / 64), j = idx - r * (BN / 64);
         const i64 p = row0 + r, word = col0 / 64 + j;
-        if (p < g.pixels && word < words) e.out_b[p * words + word] = s.bits[r][j];
+        if (p < g.pixels && word < words) e.out_b[p * words + word] = s.bits[r][2 * j] | (u64)s.bits[r][2 * j + 1] << 32;
     }
 }
 
@@ -240,18 +239,35 @@ __device__ __forceinline__ void tc_tile(const TcProblem& g, const TcOut& e) {
             mma_step<BM, BN, FM, FN>(s, st, 8, wrow, wcol, lane, acc);
         __syncthreads();  // stage st is free for kt + 2's copies
     }
+    cp_async_wait<0>();  // nothing in flight at exit (k = 0 still issued the first, zero-filled stage)
     if (tid < BM) s.pop[tid] = pop;
     __syncthreads();
 
+    // The epilogue, row by row (c0, c1 of a fragment are row g, c2, c3 row g + 8): with pa = pop[r] and
+    // pb[oc], dot = k - 2 (pa + pb - 2 and) (+ the padding correction for pad_value 0).
     const int g8 = lane >> 2, t4 = lane & 3;
+    const i64 ohw = (i64)g.oh * g.ow;
 #pragma unroll
     for (int i = 0; i < FM; ++i)
 #pragma unroll
-        for (int j = 0; j < FN; ++j)
+        for (int h = 0; h < 2; ++h) {
+            const int r = wrow + i * 16 + g8 + 8 * h;
+            const i64 p = row0 + r;
+            if (p >= g.pixels) continue;
+            const i64 row_part = (i64)g.k - 2 * (i64)s.pop[r];
+            const int* corr_row = g.corr ? g.corr + (p % ohw) * g.o : 0;
 #pragma unroll
-            for (int v = 0; v < 4; ++v)
-                emit<KIND, BM, BN>(g, e, s, row0, col0, wrow + i * 16 + g8 + 8 * (v >> 1), wcol + j * 8 + 2 * t4 + (v & 1),
-                                   acc[i][j][v]);
+            for (int j = 0; j < FN; ++j)
+#pragma unroll
+                for (int v = 0; v < 2; ++v) {
+                    const int c = wcol + j * 8 + 2 * t4 + v;
+                    const i64 oc = col0 + c;
+                    if (oc >= g.o) continue;
+                    i64 dot = row_part - 2 * (i64)__ldg(g.pb + oc) + 4 * (i64)acc[i][j][2 * h + v];
+                    if (corr_row) dot += __ldg(corr_row + oc);
+                    emit<KIND, BM, BN>(g, e, s, p, r, oc, c, dot);
+                }
+        }
     if (KIND == 2) {
         __syncthreads();
         store_bits<BM, BN, THREADS>(g, e, s, row0, col0);
@@ -277,10 +293,11 @@ __device__ __forceinline__ TcProblem make_problem(const u64* x, const u64* wt, c
 }
 
 // MBK_TC_KERNEL(name, BM, BN, WM, WN, VW, KIND): one extern "C" kernel per tile configuration, copy
-// width and epilogue (cuda.py's TC_CONFIGS mirrors the shapes; a test checks). The launch bounds ask
-// for one block an SM at least: without the 1, ptxas capped one kernel at 72 registers and spilled.
+// width and epilogue (cuda.py's TC_CONFIGS mirrors the shapes; a test checks). The launch bounds allow
+// 128 registers a thread: 2 large blocks an SM (one at 132), and without a minimum ptxas capped a
+// medium kernel at 72 registers and spilled.
 #define MBK_TC_KERNEL(NAME, BM, BN, WM, WN, VW, KIND)                                                         \
-    extern "C" __global__ void __launch_bounds__(WM * WN * 32, 1) NAME(MBK_TC_PARAMS) {                          \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32, 65536 / (WM * WN * 32) / 128) NAME(MBK_TC_PARAMS) { \
         const TcProblem g = make_problem(x, wt, pad, pb, has_corr ? corr : 0, batch, h, w, wc, o, kh, kw, sh, sw, \
                                          ph, pw, oh, ow, k);                                                   \
         const TcOut e = {scale, bias, threshold, flip, out_i, out_f, out_b};                                   \

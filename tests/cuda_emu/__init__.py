@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import ctypes
 import functools
 import os
@@ -142,11 +143,22 @@ class Emulator:
         self.lib = ctypes.CDLL(str(lib_path))
         self.lib.emu_launch.restype = ctypes.c_longlong
         self.lib.emu_error.restype = ctypes.c_char_p
+        self.lib.emu_set_hostile.argtypes = [ctypes.c_int]
         self.lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                         ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ulonglong),
                                         ctypes.c_int, ctypes.POINTER(ctypes.c_ulonglong), ctypes.POINTER(ctypes.c_int)]
         self._signatures: dict[str, list[str]] = {}
         self.launches = collections.deque(maxlen=64)  # (kernel, grid, block, args) of the latest launches
+
+    @contextlib.contextmanager
+    def hostile(self):
+        """Inside the block, cooperative kernels run on the hostile schedule (coop_shim.h): eager copies,
+        the highest thread first."""
+        self.lib.emu_set_hostile(1)
+        try:
+            yield
+        finally:
+            self.lib.emu_set_hostile(0)
 
     def kernels(self) -> list[str]:
         buf = ctypes.create_string_buffer(4096)

@@ -9,6 +9,10 @@
 // `__shared__` variables become function statics: one copy, shared by the block's fibers (blocks
 // run one after another). cp.async copies are queued per thread and done only when cp_async_wait
 // retires their group, so a kernel that reads shared memory before waiting reads stale data.
+// The hostile schedule (emu_set_hostile(1)) instead copies at once and always runs the highest
+// runnable thread next, releasing a warp as soon as its lanes meet: the last warp races ahead to the
+// next block barrier, so a stage overwritten before slower warps are done with it (a missing
+// __syncthreads) changes the results. Races that need other interleavings are not detected.
 // mma_and_popc gathers the 32 lanes' fragments and computes C += popcount(A AND B) per output
 // with the register layout of ../shared/GPU.md (checked bit for bit on an H200).
 #pragma once
@@ -55,6 +59,7 @@ thread_local std::vector<WarpSlots> warps;
 thread_local Fiber* current = nullptr;
 thread_local ucontext_t scheduler;
 thread_local const char* coop_error = nullptr;  // a deadlock or misuse seen in the last launch
+thread_local bool hostile = false;              // eager copies, highest thread first (see above)
 
 inline void note_bad_read(const void* p, int size) {
     if (bad_reads++ == 0) first_bad = p, first_bad_size = size;
@@ -90,6 +95,10 @@ template <int BYTES>
 inline void cp_async(void* smem, const void* global, bool valid) {
     static_assert(BYTES == 16 || BYTES == 8 || BYTES == 4, "cp.async copies 4, 8 or 16 bytes");
     emu::current->open.push_back(emu::Copy{smem, global, BYTES, valid});
+    if (emu::hostile) {  // the copy lands at once (a GPU may do that too)
+        emu::retire(emu::current->open);
+        emu::current->open.clear();
+    }
 }
 
 inline void cp_async_commit() {
@@ -106,8 +115,9 @@ inline void cp_async_wait() {
     }
 }
 
-inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) {
-    const unsigned long long old = *p;  // fibers never interleave inside a call
+template <typename T>
+inline T atomicOr(T* p, T v) {  // unsigned int and unsigned long long, as CUDA's overloads
+    const T old = *p;  // fibers never interleave inside a call
     *p |= v;
     return old;
 }
@@ -166,15 +176,30 @@ inline const char* run_block(dim3 block, Body body, void* arg) {
         f.ctx.uc_link = &scheduler;
         makecontext(&f.ctx, fiber_main, 0);
     }
+    auto resume = [](Fiber& f) {
+        current = &f;
+        threadIdx = f.tid;
+        swapcontext(&scheduler, &f.ctx);
+    };
     for (;;) {
         bool ran = false;
-        for (int i = 0; i < threads; ++i) {
-            Fiber& f = fibers[i];
-            if (f.state != kRunnable) continue;
-            current = &f;
-            threadIdx = f.tid;
-            swapcontext(&scheduler, &f.ctx);
-            ran = true;
+        if (hostile) {  // the highest runnable thread; its warp goes on as soon as all its lanes meet
+            for (int i = threads - 1; i >= 0 && !ran; --i) {
+                if (fibers[i].state != kRunnable) continue;
+                resume(fibers[i]);
+                ran = true;
+                Fiber* lanes = &fibers[i & ~31];
+                bool met = true;
+                for (int l = 0; l < 32; ++l) met = met && lanes[l].state == kAtWarpBarrier;
+                if (met)
+                    for (int l = 0; l < 32; ++l) lanes[l].state = kRunnable;
+            }
+        } else {
+            for (int i = 0; i < threads; ++i) {
+                if (fibers[i].state != kRunnable) continue;
+                resume(fibers[i]);
+                ran = true;
+            }
         }
         if (ran) continue;
         int done = 0, at_block = 0;

@@ -155,6 +155,15 @@ long long emu_launch(const char* name, const unsigned int* grid, const unsigned 
     return emu::bad_reads;
 }
 
+// The cooperative emulator's hostile schedule on (1) or off (0); see coop_shim.h.
+void emu_set_hostile(int on) {
+#ifdef EMU_COOPERATIVE
+    emu::hostile = on != 0;
+#else
+    (void)on;
+#endif
+}
+
 // What stopped the last cooperative launch (-3), or "".
 const char* emu_error() {
 #ifdef EMU_COOPERATIVE
