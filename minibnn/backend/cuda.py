@@ -321,7 +321,6 @@ def _plan_tc(x, wt, pad, pb, corr, g: dict, epilogue: tuple, out) -> Launch:
 
     epilogue: (scale, bias) for float32 ``out``, (threshold, flip) for packed uint64, () for int32.
     """
-    xp = _runtime.xp
     kind = TC_EPILOGUES[out.dtype]
     rows = g["batch"] * g["oh"] * g["ow"]
     config = _tc_config(rows, g["o"])
@@ -329,18 +328,25 @@ def _plan_tc(x, wt, pad, pb, corr, g: dict, epilogue: tuple, out) -> Launch:
     vec = g["wc"] % 2 == 0 and all(_runtime.address(a) % 16 == 0 for a in (x, wt, pad))
     _ints_fit(h=g["h"], w=g["w"], o=g["o"], kh=g["kh"], kw=g["kw"], stride=max(g["sh"], g["sw"]),
               padding=max(g["ph"], g["pw"]), oh=g["oh"], ow=g["ow"], kwords=g["kh"] * g["kw"] * g["wc"])
-    unused_f, unused_i = xp.empty(0, dtype=numpy.float32), xp.empty(0, dtype=numpy.int32)
-    scale, bias = epilogue if kind == "affine" else (unused_f, unused_f)
-    threshold, flip = epilogue if kind == "threshold" else (unused_i, xp.empty(0, dtype=numpy.uint8))
-    outs = {"int": (out, unused_f, xp.empty(0, dtype=numpy.uint64)), "affine": (unused_i, out, xp.empty(0, numpy.uint64)),
-            "threshold": (unused_i, unused_f, out)}[kind]
+    f32, i32, u8, u64 = (_unused(t) for t in (numpy.float32, numpy.int32, numpy.uint8, numpy.uint64))
+    scale, bias = epilogue if kind == "affine" else (f32, f32)
+    threshold, flip = epilogue if kind == "threshold" else (i32, u8)
+    outs = {"int": (out, f32, u64), "affine": (i32, out, u64), "threshold": (i32, f32, out)}[kind]
     has_corr = corr is not None
-    args = (x, wt, pad, pb, corr if has_corr else unused_i, _i32(has_corr), _i64(g["batch"]),
+    args = (x, wt, pad, pb, corr if has_corr else i32, _i32(has_corr), _i64(g["batch"]),
             *map(_i32, (g["h"], g["w"], g["wc"], g["o"], g["kh"], g["kw"], g["sh"], g["sw"], g["ph"], g["pw"],
                         g["oh"], g["ow"], g["k"])),
             scale, bias, threshold, flip, *outs)
     tiles = -(-rows // bm) * -(-g["o"] // bn)
     return Launch(f"mbk_tc_{config}_{kind}_{'v16' if vec else 'v8'}", (_blocks(tiles, 1), 1, 1), (threads, 1, 1), args)
+
+
+def _unused(dtype):
+    """An empty array of ``dtype`` for a kernel argument the launch does not read (cached per device)."""
+    key = ("unused", _runtime.device(), numpy.dtype(dtype).str)
+    if key not in _runtime.pad_cache:
+        _runtime.pad_cache[key] = _runtime.xp.empty(0, dtype=dtype)
+    return _runtime.pad_cache[key]
 
 
 def _tc_gemm(a_words, b_words, k: int, epilogue: tuple, out) -> None:
