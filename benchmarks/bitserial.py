@@ -27,10 +27,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from conv import LAYERS as CONV_LAYERS  # benchmarks/conv.py
 from machine import bench_main, bench_parser, timed  # benchmarks/machine.py
 
-LAYERS = [(32, 64, 64, 1), (32, 64, 128, 2), (16, 128, 128, 1), (16, 128, 256, 2), (8, 256, 256, 1),
-          (8, 256, 512, 2), (4, 512, 512, 1)]  # (input size, C_in, C_out, stride), as in conv.py
+LAYERS = CONV_LAYERS[32]  # ResNet-18's 3x3 convolutions at 32x32: (input size, C_in, C_out, stride)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -41,8 +41,14 @@ gives the ceiling, the MAC-weighted one the time those four shapes would take.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-for _var in ("MINIBNN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import THREAD_VARS, cpu_model  # noqa: E402  (benchmarks/machine.py: the standard library only)
+
+for _var in THREAD_VARS:
     os.environ[_var] = "1"  # before NumPy and the native library load
 
 import argparse  # noqa: E402
@@ -51,15 +57,8 @@ import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 CONV_SHAPES = [(64, 1024, 576), (128, 256, 1152), (256, 64, 2304), (512, 16, 4608)]  # ResNet-18, CIFAR, batch 1
 BIG_SHAPE = (1024, 1024, 1024)
@@ -212,6 +211,7 @@ def measure_model(kind: str, args, work: Path) -> dict:
         "c_ms": statistics.median(c_times) * 1e3, "py_ms": statistics.median(py_times) * 1e3,
         "c_runs_ms": [t * 1e3 for t in c_times], "py_runs_ms": [t * 1e3 for t in py_times],
         "max_logit_error": err,
+        "binary_macs": minibnn.summary(packed, shape, print_fn=lambda *a: None).total("binary_macs"),
         **({"lce_ms": statistics.median(lce_times) * 1e3, "lce_runs_ms": [t * 1e3 for t in lce_times],
             "lce_model_bytes": lce_model.stat().st_size} if lce_times else {}),
     }
@@ -242,13 +242,6 @@ def measure_gemm(repeats: int) -> dict:
             times.append((time.perf_counter() - t0) / calls)
         rates[f"{m}x{n}x{k}"] = m * n * k / statistics.median(times)
     return {"rates": rates, "simd": nat.simd()}
-
-
-def binary_macs(kind: str) -> int:
-    import minibnn
-
-    packed, shape = build_model(kind)
-    return minibnn.summary(packed, shape, print_fn=lambda *a: None).total("binary_macs")
 
 
 # ---------------------------------------------------------------- Larq Compute Engine (children)
@@ -382,7 +375,7 @@ def main(argv=None) -> int:
     ceiling = {}
     for r in results:
         if r["model"] == "resnet18":
-            macs = binary_macs("resnet18")
+            macs = r["binary_macs"]
             ceiling = {"binary_macs": macs, "best_rate": best, "conv_rate": weighted,
                        "ceiling_ms": macs / best * 1e3, "conv_rate_ms": macs / weighted * 1e3}
             print(f"ResNet-18: {macs / 1e6:.1f} M binary MACs at batch 1; popcount ceiling at the best rate "

@@ -37,8 +37,7 @@ def load_dataset(name: str, split: str, root: str | None = None) -> tuple[np.nda
 
     _choice(name, DATASETS, "dataset")
     if name == "mnist":
-        images, labels = data.load_mnist(split)
-        return data.normalize(images, data.MNIST_MEAN, data.MNIST_STD), labels
+        return data.load_mnist(split, normalize=True)
     if name == "imagefolder":
         raise CLIError("the imagefolder dataset is decoded batch by batch: use _image_loader, not load_dataset")
     if name == "cifar10":
@@ -50,8 +49,7 @@ def load_dataset(name: str, split: str, root: str | None = None) -> tuple[np.nda
     if not Path(root).is_dir():
         raise CLIError(f"Fashion-MNIST folder {root!r} not found; pass --data-root DIR "
                        "(the folder with the four IDX .gz files)")
-    images, labels = data.load_fashion_mnist(root, split)
-    return data.normalize(images, data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD), labels
+    return data.load_fashion_mnist(root, split, normalize=True)
 
 
 def build_model(name: str, act_bit: int, weight_bit: int, in_channels: int = 1, num_classes: int = 10,

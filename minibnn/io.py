@@ -59,6 +59,11 @@ def _write_error(path: Path, exc: BaseException) -> OSError:
     return OSError(code, message) if code else OSError(message)
 
 
+def _temp_name(path: Path) -> Path:
+    """A fresh temporary name ``.<name>.<8 hex digits>.tmp`` beside ``path`` (_remove_stale matches it)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def _write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` to a new temporary file ``.<name>.<random>.tmp`` beside ``path``, flushed to disk.
 
@@ -66,7 +71,7 @@ def _write_temp(path: Path, data: bytes) -> Path:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = _temp_name(path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break
@@ -223,7 +228,7 @@ def write_pair(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str
 
 def _link_temp(source: Path, path: Path, data: bytes) -> Path:
     """A temporary file beside ``path`` holding ``data``: a hard link to ``source`` where possible."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_name(path)
     try:
         os.link(source, tmp)
         return tmp
@@ -304,21 +309,20 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False):
     header, arrays = read_pair(path)
     json_path = split_path(path)[0]
     check_finite(json_path, arrays, allow_nonfinite)
-    return build_model(json_path, header.get("architecture"), arrays)
+    return _build_model(json_path, header.get("architecture"), arrays)
 
 
-def build_model(json_path: Path, architecture: Any, arrays: dict[str, np.ndarray], prefix: str = ""):
-    """The model ``architecture`` describes, with ``arrays`` (``prefix`` + name) as its parameters and buffers.
+def _build_model(json_path: Path, architecture: Any, state: dict[str, np.ndarray]):
+    """The model ``architecture`` describes, with ``state`` as its parameters and buffers.
 
     The architecture may allocate no more than the arrays hold (plus a little), so an edited
     description that declares huge layers is refused before anything is allocated.
     """
     from minibnn.nn.init import SLACK_BYTES, allocation_limit
 
-    state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     for name, a in state.items():
         if a.dtype.kind != "f":
-            raise ModelFileError(f"{json_path}: array {prefix}{name} has dtype {a.dtype}, parameters are floating-point")
+            raise ModelFileError(f"{json_path}: array {name} has dtype {a.dtype}, parameters are floating-point")
     limit = sum(a.nbytes for a in state.values()) + SLACK_BYTES
     try:
         with allocation_limit(limit, "the file holds less, so it does not describe this architecture"):

@@ -6,8 +6,7 @@
 
 #include <string.h>
 
-#define MBS_OK 0
-#define MBS_EINVAL 1
+#include "minibnn_kernels.h" /* MBK_OK, MBK_EINVAL */
 
 static int64_t n_words(int64_t k) { return (k + 63) / 64; }
 
@@ -31,7 +30,7 @@ static unsigned level_of(float v, float top) {
 }
 
 int mbs_pack_levels_f32(const float *x, int x_hwc, int64_t c, int64_t hw, int bits, uint64_t *out) {
-    if (x == NULL || out == NULL || c < 1 || hw < 0 || bits < 1 || bits > 8) return MBS_EINVAL;
+    if (x == NULL || out == NULL || c < 1 || hw < 0 || bits < 1 || bits > 8) return MBK_EINVAL;
     const int64_t wc = n_words(c);
     const float top = (float)((1 << bits) - 1);
     memset(out, 0, (size_t)(bits * hw * wc) * sizeof(uint64_t));
@@ -42,14 +41,14 @@ int mbs_pack_levels_f32(const float *x, int x_hwc, int64_t c, int64_t hw, int bi
             const int shift = (int)(ch % 64);
             for (int i = 0; i < bits; ++i) word[i * hw * wc] |= (uint64_t)((q >> i) & 1u) << shift;
         }
-    return MBS_OK;
+    return MBK_OK;
 }
 
 int mbs_accumulate(const int32_t *t, int planes, int i0, int64_t rows, int64_t o, int b, const int32_t *offset,
                    int offset_per_row, int32_t *d) {
     if (t == NULL || d == NULL || planes < 1 || i0 < 0 || i0 + planes > 8 || rows < 0 || o < 1 || b < 1 || b > 8
         || (i0 == 0 && offset == NULL))
-        return MBS_EINVAL;
+        return MBK_EINVAL;
     for (int pi = 0; pi < planes; ++pi) {
         const int i = i0 + pi;
         for (int64_t r = 0; r < rows; ++r) {
@@ -67,13 +66,13 @@ int mbs_accumulate(const int32_t *t, int planes, int i0, int64_t rows, int64_t o
             }
         }
     }
-    return MBS_OK;
+    return MBK_OK;
 }
 
 int mbs_epilogue_f32(const int32_t *d, int64_t rows, int64_t o, float den, const float *alpha, const float *bias,
                      const float *post_scale, const float *post_shift, float *y) {
     if (d == NULL || y == NULL || rows < 0 || o < 1 || (post_scale == NULL) != (post_shift == NULL))
-        return MBS_EINVAL;
+        return MBK_EINVAL;
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t n = 0; n < o; ++n) {
             float v = (float)d[r * o + n] / den;
@@ -85,14 +84,14 @@ int mbs_epilogue_f32(const int32_t *d, int64_t rows, int64_t o, float den, const
             }
             y[r * o + n] = v;
         }
-    return MBS_OK;
+    return MBK_OK;
 }
 
 int mbs_levels_pack(const int32_t *d, int64_t rows, int64_t o, const int32_t *thr, int64_t levels,
                     const uint8_t *rising, int bits, uint64_t *out) {
     if (d == NULL || thr == NULL || rising == NULL || out == NULL || rows < 0 || o < 1 || bits < 1 || bits > 8
         || levels < 0 || levels >= ((int64_t)1 << bits))
-        return MBS_EINVAL;
+        return MBK_EINVAL;
     const int64_t wo = n_words(o);
     memset(out, 0, (size_t)(bits * rows * wo) * sizeof(uint64_t));
     for (int64_t r = 0; r < rows; ++r)
@@ -108,5 +107,5 @@ int mbs_levels_pack(const int32_t *d, int64_t rows, int64_t o, const int32_t *th
             const int shift = (int)(n % 64);
             for (int i = 0; i < bits; ++i) word[i * rows * wo] |= (uint64_t)((q >> i) & 1u) << shift;
         }
-    return MBS_OK;
+    return MBK_OK;
 }

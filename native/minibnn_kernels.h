@@ -65,8 +65,6 @@ int mbk_binary_conv2d(const uint64_t *x, const uint64_t *wt, int64_t batch, int6
                       int64_t ph, int64_t pw, int pad_value, const int32_t *correction,
                       const float *scale, const float *bias, const int32_t *thr, const uint8_t *flip,
                       int32_t *out, float *out_f, uint64_t *out_bits);
-/* correction (oh, ow, o): for each output position, the sum over its kernel taps that fall in the
- * padding of s[o, tap] = sum over channels of the +-1 weight (what -1 padding took away). */
 /* Scratch: built with MBK_STATIC_SCRATCH (no OpenMP), every call takes its scratch memory from the
  * buffer given here (at least mbk_scratch_bytes of the largest call); otherwise this returns
  * MBK_EINVAL and the kernels use malloc. */
@@ -76,6 +74,8 @@ int mbk_set_scratch(void *buffer, int64_t bytes);
  * = kh*kw); the largest of the cases given. -1 for a negative argument. */
 int64_t mbk_scratch_bytes(int64_t m, int64_t n, int64_t words, int64_t conv_kw, int64_t conv_wc,
                           int64_t conv_o, int64_t conv_taps);
+/* correction (oh, ow, o): for each output position, the sum over its kernel taps that fall in the
+ * padding of s[o, tap] = sum over channels of the +-1 weight (what -1 padding took away). */
 int mbk_conv_pad_correction(const uint64_t *wt, int64_t o, int64_t kh, int64_t kw, int64_t c,
                             int64_t h, int64_t w, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                             int32_t *correction);

@@ -172,10 +172,17 @@ def _odd_array(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]) if a.size else np.ones(3, a.dtype)
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The .npz archive of ``arrays``, in memory."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def seal(header: dict, blob: bytes) -> dict:
+    """``header`` agreeing with the .npz ``blob`` (checksum and size), as a careful attacker would make it."""
+    header.update(npz_sha256=hashlib.sha256(blob).hexdigest(), npz_bytes=len(blob))
+    return header
 
 
 def mutate_arrays(files: Files, rng: np.random.Generator) -> Files:
@@ -194,9 +201,9 @@ def mutate_arrays(files: Files, rng: np.random.Generator) -> Files:
         arrays[name.rsplit(":", 1)[0] + rng.choice([":extra", ".extra", ":threshold", ":weight"])] = np.ones(4, np.float32)
     else:
         arrays[name] = _odd_array(arrays[name], rng)
-    blob = _npz(arrays)
+    blob = npz_bytes(arrays)
     header["arrays"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
-    header.update(npz_sha256=hashlib.sha256(blob).hexdigest(), npz_bytes=len(blob))
+    seal(header, blob)
     return {**files, json_name: json.dumps(header).encode(), npz_name: blob}
 
 

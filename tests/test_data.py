@@ -86,6 +86,19 @@ def test_bad_split_lists_choices(split):
         load_mnist(split)
 
 
+def test_load_normalized_matches_normalize_and_leaves_the_cache_alone(tmp_path):
+    raw, labels = load_mnist("test")
+    x, y = load_mnist("test", normalize=True)
+    np.testing.assert_array_equal(x, (raw - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD))
+    assert x.dtype == np.float32 and x.flags.writeable and y is labels
+    assert raw.min() == 0.0 and not raw.flags.writeable  # the cached raw pixels are unchanged
+    assert abs(float(load_mnist("train", normalize=True)[0].mean())) < 1e-3  # MNIST_MEAN is the train mean
+    write_fake_split(tmp_path)
+    fx, _ = load_fashion_mnist(tmp_path, "train", verify=False, normalize=True)
+    fraw, _ = load_fashion_mnist(tmp_path, "train", verify=False)
+    np.testing.assert_array_equal(fx, (fraw - np.float32(FASHION_MNIST_MEAN)) / np.float32(FASHION_MNIST_STD))
+
+
 # ---------------------------------------------------------------- Fashion-MNIST
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason=f"Fashion-MNIST not found at {FASHION_DIR}")

@@ -5,6 +5,7 @@ few dozen 3,073-byte records, and class folders of tiny PNG / JPEG images made w
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import sys
 import warnings
@@ -19,8 +20,8 @@ from minibnn.cli import main
 from minibnn.data import DatasetError
 from minibnn.data import imagefolder as imf
 
-PIL = pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+needs_pillow = pytest.mark.skipif(importlib.util.find_spec("PIL") is None,
+                                  reason="Pillow (the images extra) is not installed")
 
 RECORD = 3073
 TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -166,6 +167,8 @@ COLORS = {"cat": (255, 0, 0), "ant": (0, 255, 0), "dog": (0, 0, 255)}
 
 def write_images(root: Path, per_class: int = 3, sizes=((40, 30), (24, 50), (33, 33))) -> None:
     """root/train/<class>/ and root/val/<class>/ with solid-colour PNG and JPEG images of mixed sizes."""
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for name, color in COLORS.items():
@@ -180,6 +183,7 @@ def write_images(root: Path, per_class: int = 3, sizes=((40, 30), (24, 50), (33,
                 Image.fromarray(pixels).save(folder / f"{i:02d}.{ext}")
 
 
+@needs_pillow
 def test_image_folder_labels_follow_sorted_class_names(tmp_path):
     write_images(tmp_path)
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
@@ -199,6 +203,7 @@ def test_image_folder_labels_follow_sorted_class_names(tmp_path):
             np.testing.assert_allclose(img[:, 4:12, 12:].mean(axis=(1, 2)), expected, atol=0.15)
 
 
+@needs_pillow
 def test_training_transforms_are_seeded_and_independent_of_threads(tmp_path):
     write_images(tmp_path)
     make = lambda workers, seed=5: data.ImageFolderLoader(tmp_path / "train", batch_size=4, train=True,  # noqa: E731
@@ -216,6 +221,7 @@ def test_training_transforms_are_seeded_and_independent_of_threads(tmp_path):
     np.testing.assert_array_equal(np.concatenate([x for x, _ in a]), np.concatenate([x for x, _ in batches_a]))
 
 
+@needs_pillow
 def test_random_resized_crop_boxes_and_the_flip(tmp_path):
     crop = data.RandomResizedCrop(8)
     rng = np.random.default_rng(0)
@@ -236,6 +242,7 @@ def test_random_resized_crop_boxes_and_the_flip(tmp_path):
     np.testing.assert_allclose(x_flip, x_plain[..., ::-1], atol=1e-5)
 
 
+@needs_pillow
 def test_images_are_decoded_lazily(tmp_path, monkeypatch):
     write_images(tmp_path)
     calls = []
@@ -249,6 +256,7 @@ def test_images_are_decoded_lazily(tmp_path, monkeypatch):
     assert len(list(it)) == 4 and len(calls) == 9
 
 
+@needs_pillow
 def test_an_unreadable_image_is_named_or_skipped(tmp_path):
     write_images(tmp_path)
     (tmp_path / "train" / "cat" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 5)
@@ -259,12 +267,15 @@ def test_an_unreadable_image_is_named_or_skipped(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) of 10 .*zz_broken\.jpg"):
         batches = list(loader)
     assert sum(len(y) for _, y in batches) == 9 and [Path(p).name for p, _ in loader.skipped] == ["zz_broken.jpg"]
+    from PIL import Image
+
     huge = tmp_path / "huge.png"
     Image.new("RGB", (300, 200)).save(huge)
     with pytest.raises(DatasetError, match=r"huge\.png: image of 300 x 200 pixels is larger than max_pixels=1000"):
         imf.open_image(huge, max_pixels=1000)
 
 
+@needs_pillow
 def test_an_empty_class_folder_or_split_is_named(tmp_path):
     write_images(tmp_path)
     (tmp_path / "train" / "emu").mkdir()
@@ -287,6 +298,7 @@ def test_without_pillow_the_error_says_how_to_install_it(monkeypatch):
         imf.require_pillow()
 
 
+@needs_pillow
 def test_the_image_loader_trains_with_fit(tmp_path):
     write_images(tmp_path)
     minibnn.manual_seed(0)
@@ -358,6 +370,7 @@ def _accuracy(line: str) -> str:
     return line.split("test accuracy ")[1].split()[0]
 
 
+@needs_pillow
 def test_cli_trains_converts_and_evaluates_on_an_image_folder(tmp_path, capsys):
     write_images(tmp_path / "images", per_class=2)
     (tmp_path / "images" / "train" / "dog" / "zz_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -388,7 +401,10 @@ def test_cli_trains_converts_and_evaluates_on_an_image_folder(tmp_path, capsys):
     assert "val/ant: empty class folder" in capsys.readouterr().err
 
 
+@needs_pillow
 def test_jpeg_draft_decoding_keeps_the_requested_size(tmp_path):
+    from PIL import Image
+
     buffer = io.BytesIO()
     Image.new("RGB", (400, 300), (10, 200, 30)).save(buffer, "JPEG")
     (tmp_path / "big.jpg").write_bytes(buffer.getvalue())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -473,7 +474,7 @@ def test_crafted_headers_are_refused(saved_packed, edit, message):
         deploy.load(saved_packed)
 
 
-def _rewrite(tmp_path, saved, change) -> "Path":
+def _rewrite(tmp_path, saved, change) -> Path:
     """A consistent (.json, .npz) pair with ``change(header, arrays)`` applied (checksums redone)."""
     from minibnn.io import write_pair
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 import minibnn
-from minibnn import backend, data, deploy, models, nn, optim, train
+from minibnn import data, deploy, models, nn, optim, train
 from minibnn.deploy.ops import BitSerialConv2d, BitSerialDense
 from minibnn.io import ModelFileError
 
-from test_deploy import randomize_stats, simulate
+from test_deploy import BACKENDS as CPU
+from test_deploy import _edit_header, randomize_stats, simulate
 
-CPU = [name for name in backend.available() if name != "cuda"]
 PAIRS = [(2, 1), (2, 2), (3, 5), (4, 4), (8, 8), (2, 8), (8, 1)]
 
 
@@ -113,13 +113,9 @@ def test_planes_store_weight_bit_bits_per_weight_and_sizes(tmp_path):
     (lambda h: h["layers"]["9"]["config"].update(in_features=1000), r"weight_planes has 4 words per row, 1000 inputs need 16"),
 ])
 def test_edited_k_bit_files_are_refused(tmp_path, edit, message):
-    import json
-
     packed = _convert(models.lenet(act_bit=2, weight_bit=2, channels=(8, 16)), (1, 28, 28))
-    json_path = packed.save(tmp_path / "m")
-    header = json.loads(json_path.read_text())
-    edit(header)
-    json_path.write_text(json.dumps(header))
+    packed.save(tmp_path / "m")
+    _edit_header(tmp_path / "m", edit)
     with pytest.raises(ModelFileError, match=message):
         deploy.load(tmp_path / "m")
 
@@ -263,8 +259,6 @@ def test_folded_k_bit_model_round_trips_and_version_1_files_still_load(tmp_path)
     x = _rng_input((4, 1, 28, 28))
     np.testing.assert_array_equal(deploy.load(tmp_path / "mlp").predict(x), packed.predict(x))
     binary = _convert(models.binary_mlp(hidden=(64, 96, 70)), (1, 28, 28))  # unchanged by version 2
-    path = binary.save(tmp_path / "v1")
-    header = json.loads(path.read_text())
-    header["version"] = 1
-    path.write_text(json.dumps(header))
+    binary.save(tmp_path / "v1")
+    _edit_header(tmp_path / "v1", lambda h: h.update(version=1))
     np.testing.assert_array_equal(deploy.load(tmp_path / "v1").predict(x), binary.predict(x))

@@ -18,10 +18,10 @@ import minibnn
 from minibnn import backend, deploy, models
 from minibnn import nn
 from minibnn.deploy import ExportError, export_c
-from c_program import CC, compile_export, run_export
+from c_program import CC, TOLERANCE, assert_logits, build_main, compile_export, run_export, run_main
 
-pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
-TOLERANCE = 1e-5
+pytestmark = [pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH"),
+              pytest.mark.usefixtures("seeded")]
 
 
 def _settled(model, shape, seed=0):
@@ -37,18 +37,8 @@ def check_export(tmp_path: Path, model, shape, name="net", samples=8, exact=Fals
     exe = compile_export(tmp_path / "c", name)
     x = np.random.default_rng(1).normal(size=(samples, *shape)).astype(np.float32)
     want = backend.to_numpy(packed.predict(x))
-    got = run_export(exe, x, want.shape[1])
-    if exact:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * max(1.0, float(np.abs(want).max())))
-        assert (got.argmax(1) == want.argmax(1)).all()
+    assert_logits(run_export(exe, x, want.shape[1]), want, exact)
     return packed, report
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    minibnn.manual_seed(0)
 
 
 @pytest.mark.parametrize("act_bit, weight_bit", [(1, 1), (1, 4), (16, 16)])
@@ -204,16 +194,13 @@ def test_cli_export_c_and_the_readme_build_command(tmp_path, capsys):
     assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 0
     printed = capsys.readouterr().out
     assert "static workspace" in printed and "cc -O2 -std=c11" in printed
-    result = subprocess.run([CC, "-O2", "-std=c11", *map(str, sorted((tmp_path / "c").glob("*.c"))), "-o",
-                             str(tmp_path / "app"), "-lm"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    build_main([CC, "-O2", "-std=c11"], tmp_path / "c", tmp_path / "app")
     x = np.random.default_rng(3).random((1, 28, 28)).astype(np.float32)
     (tmp_path / "x.f32").write_bytes(x.tobytes())
-    run = subprocess.run([str(tmp_path / "app"), str(tmp_path / "x.f32")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    cls, got, _ = run_main([], tmp_path / "app", tmp_path / "x.f32")
     want = backend.to_numpy(deploy.load(tmp_path / "binarized_mlp").predict(x[None]))[0]
-    assert run.stdout.startswith(f"class {int(want.argmax())}\n")
-    np.testing.assert_allclose(np.array(run.stdout.split("logits")[1].split(), np.float32), want, rtol=1e-6, atol=1e-6)
+    assert cls == int(want.argmax())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 2  # not empty
 
 
@@ -223,20 +210,18 @@ def test_main_reads_a_pgm_normalised_as_in_training(tmp_path):
 
     _packed_mlp().save(tmp_path / "binarized_mlp")
     assert main(["export-c", str(tmp_path / "binarized_mlp.json"), "--out", str(tmp_path / "c")]) == 0  # mnist
-    subprocess.run([CC, "-O2", "-std=c11", *map(str, sorted((tmp_path / "c").glob("*.c"))), "-o", str(tmp_path / "app"),
-                    "-lm"], check=True)
+    build_main([CC, "-O2", "-std=c11"], tmp_path / "c", tmp_path / "app")
     images, _ = data.load_mnist("test")
     pixels = np.rint(images[:3] * 255).astype(np.uint8)  # the shipped test images, as 8-bit pixels again
     packed = deploy.load(tmp_path / "binarized_mlp")
     for i, image in enumerate(pixels):
         pgm = tmp_path / f"d{i}.pgm"
         pgm.write_bytes(b"P5\n28 28\n255\n" + image.tobytes())
-        run = subprocess.run([str(tmp_path / "app"), str(pgm)], capture_output=True, text=True, check=True)
+        cls, got, _ = run_main([], tmp_path / "app", pgm)
         x = data.normalize(image.astype(np.float32) / np.float32(255), data.MNIST_MEAN, data.MNIST_STD)
         want = backend.to_numpy(packed.predict(x[None]))[0]
-        got = np.array(run.stdout.split("logits")[1].split(), np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-        assert run.stdout.startswith(f"class {int(want.argmax())}\n")
+        assert cls == int(want.argmax())
 
 
 @pytest.mark.slow

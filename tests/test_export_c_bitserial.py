@@ -22,16 +22,11 @@ from minibnn import backend, deploy, models, nn
 from minibnn.deploy import ExportError, export_c
 from minibnn.deploy import export_bitserial
 from minibnn.deploy.export_c import Activation, Program
-from c_program import CC, compile_export, run_export
+from c_program import CC, assert_logits, compile_export, run_export
 
-pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH")
-TOLERANCE = 1e-5
+pytestmark = [pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on PATH"),
+              pytest.mark.usefixtures("seeded")]
 NATIVE = Path(__file__).resolve().parent.parent / "native"
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    minibnn.manual_seed(0)
 
 
 def _settle(model, shape, seed=0):
@@ -67,9 +62,6 @@ def _build(tmp_path: Path, packed, name="net", flags=("-O2",)) -> Path:
     return compile_export(tmp_path / "c", name, flags)
 
 
-_run = run_export
-
-
 def _convert(model, shape, name="net"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -82,12 +74,7 @@ def check(tmp_path, model, shape, exact, samples=6, kinds=("bitserial",)):
     exe = _build(tmp_path, packed)
     x = _inputs(shape, samples, corners=exact)
     want = backend.to_numpy(packed.predict(x))
-    got = _run(exe, x, want.shape[1])
-    if exact:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * max(1.0, float(np.abs(want).max())))
-        assert (got.argmax(1) == want.argmax(1)).all()
+    assert_logits(run_export(exe, x, want.shape[1]), want, exact)
     return packed
 
 
@@ -163,7 +150,7 @@ def test_the_scratch_sized_at_export_is_enough_for_the_static_build(tmp_path):
     packed = _convert(model, (3, 10, 10))
     exe = _build(tmp_path, packed, flags=("-O2", "-DMBK_STATIC_SCRATCH"))
     x = _inputs((3, 10, 10), 3)
-    np.testing.assert_array_equal(_run(exe, x, 4), backend.to_numpy(packed.predict(x)))
+    np.testing.assert_array_equal(run_export(exe, x, 4), backend.to_numpy(packed.predict(x)))
 
 
 def test_the_program_is_clean_under_the_sanitizers(tmp_path):
@@ -177,7 +164,7 @@ def test_the_program_is_clean_under_the_sanitizers(tmp_path):
     except AssertionError as exc:
         pytest.skip(f"the compiler cannot build with the sanitizers here: {str(exc)[:200]}")
     x = _inputs((3, 10, 10), 3)
-    np.testing.assert_array_equal(_run(exe, x, 3), backend.to_numpy(packed.predict(x)))
+    np.testing.assert_array_equal(run_export(exe, x, 3), backend.to_numpy(packed.predict(x)))
 
 
 def test_kbit_sources_compile_warning_free():

@@ -35,14 +35,15 @@ import pytest
 import minibnn
 from minibnn import data, deploy, models
 from minibnn.backend import to_numpy
+from c_program import CC, build_main, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "native"
-CC = shutil.which("cc") or shutil.which("gcc")
 CROSS, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
 RTOL = 1e-5  # relative to 1 + the largest |logit| (see the module docstring)
 
-needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) on this machine")
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clang) on this machine")
+needs_literal_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no `cc` on PATH (the README's command)")
 
 
 def _probe(cmd: list[str], tmp: Path, run: list[str] | None = None) -> str | None:
@@ -123,21 +124,6 @@ def _inputs(shape, n: int = 3, seed: int = 11) -> np.ndarray:
     return rng.normal(0.0, 1.0, size=(n, *shape)).astype(np.float32)
 
 
-def _build(cmd: list[str], out: Path, app: Path, extra: list[str] = ()) -> None:
-    sources = sorted(str(p) for p in out.glob("*.c"))
-    proc = subprocess.run([*cmd, *extra, *sources, "-o", str(app), "-lm"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}"
-
-
-def _run(prefix: list[str], app: Path, path: Path, env=None) -> tuple[int, np.ndarray, str]:
-    """Run the generated main.c on one input file: (class, logits as float32, stderr)."""
-    proc = subprocess.run([*prefix, str(app), str(path)], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, f"{app.name} {path.name}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    lines = proc.stdout.split("\n")
-    assert lines[0].startswith("class ") and lines[1].startswith("logits "), proc.stdout
-    return int(lines[0].split()[1]), np.array([float(v) for v in lines[1].split()[1:]], np.float32), proc.stderr
-
-
 def _check(packed, app: Path, x: np.ndarray, prefix: list[str], tmp: Path, env=None) -> np.ndarray:
     """Run ``app`` on every sample of ``x`` (raw .f32 files), compare with PackedModel.predict; the C logits."""
     want = to_numpy(packed.predict(x))
@@ -145,7 +131,7 @@ def _check(packed, app: Path, x: np.ndarray, prefix: list[str], tmp: Path, env=N
     for i, sample in enumerate(x):
         path = tmp / f"x{i}.f32"
         path.write_bytes(np.ascontiguousarray(sample, np.float32).tobytes())
-        cls, got, _ = _run(prefix, app, path, env)
+        cls, got, _ = run_main(prefix, app, path, env)
         tol = RTOL * (1 + float(np.abs(want[i]).max()))
         err = float(np.abs(got - want[i]).max())
         assert got.shape == want[i].shape and err <= tol, \
@@ -170,12 +156,12 @@ def test_aarch64_neon_program_matches_predict_under_qemu(kind, aarch64, tmp_path
                             text=True, timeout=120).stdout
     assert "#define MBK_NEON" in macros, "the aarch64 build does not take the NEON path"
     app = tmp_path / "app"
-    _build([CROSS, "-O2", "-std=c11", "-static"], out, app)
+    build_main([CROSS, "-O2", "-std=c11", "-static"], out, app)
     assert app.read_bytes()[18:20] == (183).to_bytes(2, "little"), "not an AArch64 ELF file"  # e_machine
     x = _inputs(packed.input_shape)
     arm = _check(packed, app, x, [QEMU], tmp_path)
     if CC is not None:
-        _build([CC, "-O2", "-std=c11"], out, tmp_path / "app_x86")
+        build_main([CC, "-O2", "-std=c11"], out, tmp_path / "app_x86")
         x86 = _check(packed, tmp_path / "app_x86", x, [], tmp_path)
         assert np.array_equal(arm.view(np.uint32), x86.view(np.uint32)), \
             f"aarch64 and x86-64 logits differ:\n{arm}\n{x86}"
@@ -187,7 +173,7 @@ def test_aarch64_neon_program_matches_predict_under_qemu(kind, aarch64, tmp_path
 def test_sanitized_program_runs_clean(kind, sanitizers, tmp_path, tmp_path_factory):
     packed, out = _exported(kind, tmp_path_factory)
     app = tmp_path / "app"
-    _build([CC, "-std=c11", *sanitizers], out, app)
+    build_main([CC, "-std=c11", *sanitizers], out, app)
     leaks = os.environ.get("MINIBNN_DETECT_LEAKS", "1")  # as native/sanitize.sh: 0 where LeakSanitizer cannot run
     env = {**os.environ, "ASAN_OPTIONS": f"abort_on_error=1:halt_on_error=1:detect_leaks={leaks}",
            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
@@ -195,7 +181,7 @@ def test_sanitized_program_runs_clean(kind, sanitizers, tmp_path, tmp_path_facto
     if packed.input_shape[0] == 1:  # the PGM reader too, on a real digit
         images, _ = data.load_mnist("test")
         _pgm(tmp_path / "digit.pgm", np.rint(images[0, 0] * 255))
-        cls, got, err = _run([], app, tmp_path / "digit.pgm", env)
+        cls, got, err = run_main([], app, tmp_path / "digit.pgm", env)
         assert not err.strip() and cls == int(np.argmax(to_numpy(packed.predict(images[:1]))[0]))
     for bad in (b"", b"P5\n27 28\n255\n", b"\x00" * 17):  # wrong inputs: an error message, no report
         path = tmp_path / ("bad.pgm" if bad.startswith(b"P5") else "bad.f32")
@@ -207,7 +193,7 @@ def test_sanitized_program_runs_clean(kind, sanitizers, tmp_path, tmp_path_facto
 
 # ---------------------------------------------------------------- the README's command
 
-@needs_cc
+@needs_literal_cc
 def test_readme_command_builds_and_classifies_a_real_mnist_digit(tmp_path, tmp_path_factory):
     """``cc -O2 -std=c11 DIR/*.c -o app -lm`` (the shell expands the glob), then ``./app digit.pgm``.
 
@@ -222,7 +208,7 @@ def test_readme_command_builds_and_classifies_a_real_mnist_digit(tmp_path, tmp_p
         pixels = np.rint(images[i, 0] * 255).astype(np.uint8)
         assert np.array_equal(pixels / np.float32(255), images[i, 0])  # the PGM holds the digit exactly
         _pgm(tmp_path / "digit.pgm", pixels)
-        cls, got, _ = _run([], tmp_path / "app", tmp_path / "digit.pgm")
+        cls, got, _ = run_main([], tmp_path / "app", tmp_path / "digit.pgm")
         want = to_numpy(packed.predict(images[i:i + 1]))[0]
         assert cls == int(np.argmax(want))
         assert np.abs(got - want).max() <= RTOL * (1 + np.abs(want).max())

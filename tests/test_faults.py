@@ -26,8 +26,7 @@ import pytest
 import minibnn
 from minibnn import deploy, io, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fault_worker as fw  # noqa: E402
+import fault_worker as fw
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and resource limits")
 WORKER = Path(__file__).parent / "fault_worker.py"

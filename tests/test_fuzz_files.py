@@ -7,7 +7,6 @@ each failure the first hostile run found, so they stay fixed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tracemalloc
@@ -226,9 +225,7 @@ def test_deep_nesting_is_refused(tmp_path):
 def _rewrite_npz(json_path: Path, npz_path: Path, blob: bytes) -> None:
     """Replace the .npz and make its .json agree (checksum, sizes), as a careful attacker would."""
     npz_path.write_bytes(blob)
-    header = json.loads(json_path.read_text())
-    header.update(npz_sha256=hashlib.sha256(blob).hexdigest(), npz_bytes=len(blob))
-    json_path.write_text(json.dumps(header))
+    json_path.write_text(json.dumps(fuzzing.seal(json.loads(json_path.read_text()), blob)))
 
 
 def test_nonfinite_batch_norm_statistics_are_refused_unless_allowed(tmp_path):
@@ -247,9 +244,7 @@ def test_nonfinite_batch_norm_statistics_are_refused_unless_allowed(tmp_path):
     name = next(k for k, a in arrays.items() if a.dtype == np.float32)
     arrays[name] = arrays[name].copy()
     arrays[name].flat[0] = np.inf
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _rewrite_npz(tmp_path / "p.json", tmp_path / header["npz"], buffer.getvalue())
+    _rewrite_npz(tmp_path / "p.json", tmp_path / header["npz"], fuzzing.npz_bytes(arrays))
     with pytest.raises(ModelFileError, match=f"array {name} holds 1 NaN or infinite"):
         deploy.load(tmp_path / "p")
     assert deploy.load(tmp_path / "p", allow_nonfinite=True) is not None
@@ -290,9 +285,7 @@ def test_complex_or_integer_parameters_are_refused(tmp_path):
     header = json.loads((tmp_path / "m.json").read_text())
     header["arrays"]["1.weight"]["dtype"] = "complex64"
     (tmp_path / "m.json").write_text(json.dumps(header))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _rewrite_npz(tmp_path / "m.json", tmp_path / "m.npz", buffer.getvalue())
+    _rewrite_npz(tmp_path / "m.json", tmp_path / "m.npz", fuzzing.npz_bytes(arrays))
     with pytest.raises(ModelFileError, match="1.weight has dtype complex64"):
         minibnn.load(tmp_path / "m")
 

@@ -8,8 +8,13 @@ import pytest
 
 from minibnn import plots
 
-pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def matplotlib():
+    """The tests that draw need the plot extra; the counts and the missing-matplotlib message do not."""
+    return pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
 
 
 def test_confusion_counts_equal_a_plain_count():
@@ -24,7 +29,7 @@ def test_confusion_counts_equal_a_plain_count():
         plots.confusion_counts([0, 1], [1])
 
 
-def test_training_curves_and_confusion_matrix_are_png_files(tmp_path):
+def test_training_curves_and_confusion_matrix_are_png_files(tmp_path, matplotlib):
     history = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.45, "lr": 1e-3,
                 "flip_ratio": 0.01}, {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "lr": 5e-4, "flip_ratio": 0.004}]
     path = plots.training_curves(history, tmp_path / "curves.png", "a run")
@@ -35,7 +40,7 @@ def test_training_curves_and_confusion_matrix_are_png_files(tmp_path):
         plots.training_curves([], tmp_path / "none.png")
 
 
-def test_cli_train_and_eval_plot(tmp_path, capsys):
+def test_cli_train_and_eval_plot(tmp_path, capsys, matplotlib):
     from minibnn.cli import main
 
     out = tmp_path / "run"

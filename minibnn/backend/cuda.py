@@ -325,7 +325,7 @@ def _plan_tc(x, wt, pad, pb, corr, g: dict, epilogue: tuple, out) -> Launch:
     rows = g["batch"] * g["oh"] * g["ow"]
     config = _tc_config(rows, g["o"])
     bm, bn, threads = TC_CONFIGS[config]
-    vec = g["wc"] % 2 == 0 and all(_runtime.address(a) % 16 == 0 for a in (x, wt, pad))
+    vec = _vec(g["wc"], x, wt, pad)  # 16-byte copies
     _ints_fit(h=g["h"], w=g["w"], o=g["o"], kh=g["kh"], kw=g["kw"], stride=max(g["sh"], g["sw"]),
               padding=max(g["ph"], g["pw"]), oh=g["oh"], ow=g["ow"], kwords=g["kh"] * g["kw"] * g["wc"])
     f32, i32, u8, u64 = (_unused(t) for t in (numpy.float32, numpy.int32, numpy.uint8, numpy.uint64))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .idx import IDXError, md5_of_decompressed, parse_idx, read_bytes
+from .transforms import normalize as _normalize
 
 __all__ = ["load_mnist", "load_fashion_mnist", "MNIST_DIR", "MNIST_MEAN", "MNIST_STD",
            "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "MNIST_MD5", "FASHION_MNIST_MD5"]
@@ -43,15 +44,22 @@ FASHION_MNIST_MD5 = {
 }
 
 
-def load_mnist(split: str = "train", verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Shipped MNIST: read-only float32 images (N, 1, 28, 28) in [0, 1], int64 labels (N,)."""
-    return _load(MNIST_DIR, split, verify, MNIST_MD5, "MNIST")
+def load_mnist(split: str = "train", verify: bool = True,
+               normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Shipped MNIST: read-only float32 images (N, 1, 28, 28) in [0, 1], int64 labels (N,).
+
+    ``normalize=True``: a new array standardised with MNIST_MEAN / MNIST_STD instead.
+    """
+    images, labels = _load(MNIST_DIR, split, verify, MNIST_MD5, "MNIST")
+    return (_normalize(images, MNIST_MEAN, MNIST_STD) if normalize else images), labels
 
 
-def load_fashion_mnist(root: str | os.PathLike, split: str = "train",
-                       verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST from `root` (standard file names, .gz or raw); same format as load_mnist."""
-    return _load(Path(root), split, verify, FASHION_MNIST_MD5, "Fashion-MNIST")
+def load_fashion_mnist(root: str | os.PathLike, split: str = "train", verify: bool = True,
+                       normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from `root` (standard file names, .gz or raw); same format and options as load_mnist
+    (``normalize=True`` uses FASHION_MNIST_MEAN / FASHION_MNIST_STD)."""
+    images, labels = _load(Path(root), split, verify, FASHION_MNIST_MD5, "Fashion-MNIST")
+    return (_normalize(images, FASHION_MNIST_MEAN, FASHION_MNIST_STD) if normalize else images), labels
 
 
 def _load(root: Path, split: str, verify: bool, table: dict[str, str],

@@ -124,20 +124,30 @@ def fold_plan(model: Module, kbit_planes: bool = True) -> dict[str, Fold]:
     return plan
 
 
-def _epilogue(layer: _QLayer, bn: Module | None) -> Epilogue:
-    """The float steps after the popcount, in the order the float simulation takes them."""
+def _alpha_bias(layer: _QLayer) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The layer's per-channel scale (scaling "channel") and bias as float32 host arrays, or None."""
     alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
     bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
-    norm = None
-    if bn is not None:
-        norm = tuple(to_numpy(a) for a in eval_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                                      bn.eps, np.float32))
+    return alpha, bias
+
+
+def _norm(bn: Module | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The batch norm after the layer as the float32 scale and shift of its eval-mode affine, or Nones."""
+    if bn is None:
+        return None, None
+    return tuple(to_numpy(a) for a in eval_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps,
+                                                  np.float32))
+
+
+def _epilogue(layer: _QLayer, bn: Module | None) -> Epilogue:
+    """The float steps after the popcount, in the order the float simulation takes them."""
+    alpha, bias = _alpha_bias(layer)
     o = layer.out_size
     if alpha is None and bias is None:  # dot is exact in float32: the batch norm alone is the fused step
-        return Epilogue(*(norm or (None, None)))
+        return Epilogue(*_norm(bn))
     first = (alpha if alpha is not None else np.ones(o, np.float32),
              bias if bias is not None else np.zeros(o, np.float32))
-    return Epilogue(*first, *(norm or (None, None)))
+    return Epilogue(*first, *_norm(bn))
 
 
 def epilogue_values(e: Epilogue, dots: np.ndarray) -> np.ndarray:
@@ -206,7 +216,7 @@ def packing(layer: _QLayer) -> str:
         return "binary"
     if layer.is_bitserial:
         return "bitserial"
-    if 2 <= layer.act_bit <= 8 and 1 <= layer.weight_bit <= 8:
+    if 2 <= layer.act_bit <= bitserial.MAX_BITS and 1 <= layer.weight_bit <= bitserial.MAX_BITS:
         return "float32: its integer sums K (2^a - 1)(2^b - 1) would pass int32 (fewer inputs or bits)"
     return (f"float32: no packed path for act_bit {layer.act_bit} with weight_bit {layer.weight_bit} "
             f"(bit-serial needs act_bit 2..8 and weight_bit 1..8)")
@@ -218,11 +228,7 @@ def _bitserial_op(layer: _QLayer, bn: Module | None, planes: int, path: str) -> 
     top = 2**layer.weight_bit - 1
     wq = to_numpy(layer.quantized_weight().data).astype(np.float64)
     levels = np.rint((wq + 1) / 2 * top)  # exact integers: wq = (2r - top) / top up to float32 rounding
-    alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
-    bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
-    norm = (None, None) if bn is None else tuple(to_numpy(a) for a in eval_affine(
-        bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps, np.float32))
-    epilogue = KbitEpilogue(alpha, bias, *norm)
+    epilogue = KbitEpilogue(*_alpha_bias(layer), *_norm(bn))
     if planes:
         k = layer.weight.data.size // layer.weight.shape[0]
         folded = level_thresholds(epilogue, layer.act_bit, layer.weight_bit, k, 2**planes - 1, layer.out_size)
@@ -244,13 +250,7 @@ def kbit_values(e: KbitEpilogue, dots: np.ndarray, act_bit: int, weight_bit: int
 
     ``dots`` int64 of shape (O, ...) or broadcastable against the per-channel arrays as (O, 1).
     """
-    v = dots.astype(np.float32) / np.float32((2**act_bit - 1) * (2**weight_bit - 1))
-    for name, op in (("alpha", np.multiply), ("bias", np.add), ("post_scale", np.multiply),
-                     ("post_shift", np.add)):
-        a = getattr(e, name)
-        if a is not None:
-            v = op(v, a.astype(np.float32)[:, None])
-    return v
+    return e.values(dots.T, act_bit, weight_bit, lambda a: a.astype(np.float32, copy=False)).T
 
 
 def next_levels(values: np.ndarray, top: int) -> np.ndarray:
@@ -299,8 +299,7 @@ def level_thresholds(e: KbitEpilogue, act_bit: int, weight_bit: int, k: int, top
 
 def _quantized_op(layer: _QLayer) -> QuantizedLayer:
     wq = to_numpy(layer.quantized_weight().data).astype(np.float32)
-    alpha = to_numpy(_alpha(layer.weight)).astype(np.float32) if layer.scaling == "channel" else None
-    bias = to_numpy(layer.bias.data).astype(np.float32) if layer.bias is not None else None
+    alpha, bias = _alpha_bias(layer)
     if isinstance(layer, QDense):
         return QuantizedLayer("dense", layer.act_bit, wq, alpha, bias)
     return QuantizedLayer("conv", layer.act_bit, wq, alpha, bias, _pair(layer.stride), layer.padding,
@@ -353,8 +352,7 @@ def convert(model: Module, input_shape: tuple[int, ...] | None = None, name: str
         else:
             op = FloatLayer(_float_copy(leaf))
         root = replace_leaf(root, path, op)
-    if not any(isinstance(op, (BinaryDense, BinaryConv2d, BitSerialDense, BitSerialConv2d))
-               for _, op in PackedModel(root, {}).layers()):
+    if not plan:  # every planned layer became a binary or bit-serial op
         warnings.warn(f"{name}: the model has no binary or bit-serial layer (act_bit / weight_bit in 1..8); the "
                       "packed model is an unchanged float copy", UserWarning, stacklevel=2)
     packed = PackedModel(root, model.to_config(), input_shape, name)

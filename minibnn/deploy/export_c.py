@@ -29,6 +29,7 @@ from minibnn.backend import numpy_ref as ref
 from minibnn.deploy.model import PackedModel
 from minibnn.deploy.ops import (BinaryConv2d, BinaryDense, BitSerialConv2d, BitSerialDense, FloatLayer, Folded, PackedOp,
                                 QuantizedLayer)
+from minibnn.functional.conv import conv_output_size
 from minibnn.functional.norm import eval_affine
 from minibnn.nn import layers as L
 from minibnn.nn.models import BasicBlock, ResNet
@@ -352,7 +353,7 @@ def _conv(p: Program, x: Activation, weight, bias, stride, padding, dilation, pa
         raise ExportError(f"layer {where}: expects {ci} input channels, gets {c}")
     (sh, sw), (ph, pw), (dh, dw) = ref.check_pair("stride", stride, 1), ref.check_pair("padding", padding, 0), \
         ref.check_pair("dilation", dilation, 1)
-    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
     if oh < 1 or ow < 1:
         raise ExportError(f"layer {where}: input {h}x{w} is smaller than its kernel {kh}x{kw}")
     y = p.new((o, oh, ow), layout="hwc")  # written channels last, one pixel's channels at a time
@@ -369,7 +370,7 @@ def _pool_args(m, x: Activation, where: str) -> tuple[tuple[int, int], tuple[int
     k = ref.check_pair("kernel_size", m.kernel_size, 1)
     s = ref.check_pair("stride", m.stride if m.stride is not None else m.kernel_size, 1)
     pad = ref.check_pair("padding", m.padding, 0)
-    oh, ow = (h + 2 * pad[0] - k[0]) // s[0] + 1, (w + 2 * pad[1] - k[1]) // s[1] + 1
+    oh, ow = conv_output_size(h, k[0], s[0], pad[0]), conv_output_size(w, k[1], s[1], pad[1])
     return k, s, pad, oh, ow
 
 

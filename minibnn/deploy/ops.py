@@ -20,6 +20,7 @@ the batch norm folded into it) computes in evaluation mode:
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -315,7 +316,7 @@ class BinaryDense(_BinaryOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryDense":
-        return cls(arrays["weight_bits"], _config_int(config, "in_features", 1), _epilogue_from(arrays))
+        return cls(arrays["weight_bits"], _config_int(config, "in_features", 1), _epilogue_from(Epilogue, arrays))
 
 
 class BinaryConv2d(_BinaryOp):
@@ -368,7 +369,7 @@ class BinaryConv2d(_BinaryOp):
 
     @classmethod
     def build(cls, config: dict, arrays: dict[str, np.ndarray]) -> "BinaryConv2d":
-        return cls(arrays["weight_bits"], _config_int(config, "in_channels", 1), _epilogue_from(arrays),
+        return cls(arrays["weight_bits"], _config_int(config, "in_channels", 1), _epilogue_from(Epilogue, arrays),
                    _config_pair(config, "stride", 1), _config_pair(config, "padding", 0), _config_pad_value(config))
 
 
@@ -400,6 +401,17 @@ class KbitEpilogue(NamedTuple):
     def arrays(self) -> dict[str, np.ndarray]:
         return _present(self)
 
+    def values(self, dot, act_bit: int, weight_bit: int, place=lambda a: a):
+        """The float output of the integer dots (channels last), each step rounded to float32 in the
+        simulation's order; ``place`` puts a per-channel array where ``dot`` lives."""
+        y = dot.astype(np.float32) / np.float32((2**act_bit - 1) * (2**weight_bit - 1))
+        for name, step in (("alpha", operator.mul), ("bias", operator.add), ("post_scale", operator.mul),
+                           ("post_shift", operator.add)):
+            a = getattr(self, name)
+            if a is not None:
+                y = step(y, place(a))
+        return y
+
 
 class _BitSerialOp(PackedOp):
     """Shared parts of BitSerialDense and BitSerialConv2d: a k-bit Q-layer on bit planes (issue 13).
@@ -419,10 +431,10 @@ class _BitSerialOp(PackedOp):
         super().__init__()
         self.weight_planes, self.in_channels, self.act_bit = weight_planes, int(in_channels), int(act_bit)
         self.epilogue = epilogue
-        ref.check_int("act_bit", act_bit, 2, 8)
+        ref.check_int("act_bit", act_bit, 2, bitserial.MAX_BITS)
         _check_packed("weight_planes", weight_planes, self.in_channels, self.weight_ndim, "bit planes of the weights")
-        if not 1 <= weight_planes.shape[0] <= 8:
-            raise ValueError(f"weight_planes must hold 1 to 8 planes, got {weight_planes.shape[0]}")
+        if not 1 <= weight_planes.shape[0] <= bitserial.MAX_BITS:
+            raise ValueError(f"weight_planes must hold 1 to {bitserial.MAX_BITS} planes, got {weight_planes.shape[0]}")
         object.__setattr__(self, "_offsets", {})  # input geometry -> the weight-only term (host, int32)
 
     def _offset(self, key, compute):
@@ -469,14 +481,7 @@ class _BitSerialOp(PackedOp):
             levels = bitserial.levels_from_thresholds(dot, self.placed(e.thresholds), self.placed(e.rising))
             bits = self.planes_out
             return Planes(bitserial.pack_planes(levels, bits, axis=-1, check=False), self.out_channels, bits)
-        y = dot.astype(np.float32) / np.float32((2**self.act_bit - 1) * (2**self.weight_bit - 1))
-        if e.alpha is not None:
-            y = y * self.placed(e.alpha)
-        if e.bias is not None:
-            y = y + self.placed(e.bias)
-        if e.post_scale is not None:
-            y = y * self.placed(e.post_scale) + self.placed(e.post_shift)
-        return y
+        return e.values(dot, self.act_bit, self.weight_bit, self.placed)
 
     def forward(self, x):
         if not isinstance(x, Planes):
@@ -489,8 +494,8 @@ class _BitSerialOp(PackedOp):
     @classmethod
     def _from(cls, config: dict, arrays: dict[str, np.ndarray], **extra) -> "_BitSerialOp":
         inputs = "in_channels" if cls.weight_ndim == 5 else "in_features"
-        epilogue = KbitEpilogue(**{k: arrays.get(k) for k in KbitEpilogue._fields})
-        return cls(arrays["weight_planes"], _config_int(config, inputs, 1), _config_int(config, "act_bit", 2, 8),
+        epilogue = _epilogue_from(KbitEpilogue, arrays)
+        return cls(arrays["weight_planes"], _config_int(config, inputs, 1), _config_int(config, "act_bit", 2, bitserial.MAX_BITS),
                    epilogue, **extra)
 
 
@@ -558,8 +563,9 @@ class BitSerialConv2d(_BitSerialOp):
                          padding=_config_pair(config, "padding", 0), pad_value=_config_pad_value(config))
 
 
-def _epilogue_from(arrays: dict[str, np.ndarray]) -> Epilogue:
-    return Epilogue(**{k: arrays.get(k) for k in Epilogue._fields})
+def _epilogue_from(cls: type, arrays: dict[str, np.ndarray]):
+    """An Epilogue or KbitEpilogue of the arrays stored under its field names (absent ones None)."""
+    return cls(**{k: arrays.get(k) for k in cls._fields})
 
 
 OPS: dict[str, type[PackedOp]] = {cls.kind: cls for cls in (FloatLayer, Folded, QuantizedLayer, BinaryDense,

@@ -47,8 +47,8 @@ assert quantize.binarize(x).tolist() == [-1, -1, 1, 1, 1, 1]   # -0.0 >= 0 too: 
 
 # %% [markdown]
 # The true derivative of this step function is 0 wherever it exists. A network of `sign` layers trained with
-# the true gradient would never move: every weight's gradient is exactly zero. (numpy's `np.sign` would also
-# map 0 to 0, a third value that does not fit in a bit.)
+# the true gradient would never move: every weight's gradient is exactly zero. (NumPy's `np.sign`, by
+# contrast, maps 0 to 0, a third value that does not fit in a bit.)
 
 # %% [markdown]
 # ## 2. The straight-through estimator, and why it is clipped
@@ -71,7 +71,8 @@ assert x.grad.tolist() == [0, 1, 1, 1, 1, 1, 0]
 # Why clip? The clipped STE is exactly the gradient of $\mathrm{hardtanh}(x) = \max(-1, \min(1, x))$, the
 # piecewise-linear function closest to sign. Once $|x| > 1$, making $x$ larger changes neither sign nor
 # hardtanh, so the gradient says "no effect" instead of pushing activations ever further out, where they
-# can no longer flip. Courbariaux, Hubara et al. found this cancellation essential for BinaryNet's accuracy.
+# can no longer flip. Courbariaux, Hubara et al. found cancelling the gradient for $|x| > 1$ essential for
+# BinaryNet's accuracy.
 # The check: the STE's gradient equals hardtanh's, for any upstream gradient.
 
 # %%
@@ -216,9 +217,10 @@ assert flip_back[0] < flip_back[1] / 2
 #
 # A binary MLP (float first and last layer, binary hidden layers, as BMXNet does it) trained for a moment on
 # MNIST. Its latent weights spread out from their small initial values (PyTorch's default,
-# uniform within $\pm 1/\sqrt{\text{fan-in}}$) while the network uses only their signs. In a run this short none
-# reaches the bound: Adam moves a weight by at most about its learning rate per step. In long runs, and with
-# larger steps, the clip is what keeps them within reach of a flip.
+# uniform within $\pm 1/\sqrt{\text{fan-in}}$) while the network uses only their signs. In this short run none
+# reaches the bound (the largest $|w|$ is printed below): Adam moves a weight by at most about its learning
+# rate, 0.01, per step, and the gradient's sign keeps changing, so few weights travel far. In long runs, and
+# with larger steps, the clip is what keeps them within reach of a flip.
 
 # %%
 n_train = 2000 if QUICK else 20000
@@ -235,7 +237,7 @@ fig, ax = plt.subplots(figsize=(7, 3))
 bins = np.linspace(-1.05, 1.05, 211) * np.abs(after).max()
 ax.hist(before, bins=bins, alpha=0.6, label="at initialisation")
 ax.hist(after, bins=bins, alpha=0.6, label="after 2 epochs")
-ax.set_xlabel("latent weight of the binary layers (the clip bounds are at +-1)")
+ax.set_xlabel("latent weight of the binary layers (the clip bounds, +-1, lie outside this range)")
 ax.set_ylabel("count")
 ax.legend()
 plt.show()

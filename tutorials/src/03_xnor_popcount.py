@@ -89,7 +89,7 @@ plt.show()
 # $(K + \mathrm{dot}) / 2$ instead: the same information, an affine map away.
 
 # %%
-b = rng.normal(size=K).astype(np.float32)
+b = (a + rng.normal(scale=0.8, size=K)).astype(np.float32)   # like a, with noise: mostly the same signs
 b_words = ref.pack_bits(b)
 differences = sum(int(x ^ y).bit_count() for x, y in zip(words, b_words))   # popcount of each XOR'd word
 dot_bits = K - 2 * differences
@@ -136,7 +136,7 @@ w_words = ref.pack_bits(w.transpose(0, 2, 3, 1), axis=-1)        # (O, kh, kw, w
 packed, simulated = {}, {}
 for pad in (0, 1, -1):
     y = np.empty((1, H, W, O), np.int32)
-    packed[pad] = ref.binary_conv2d(x_words, w_words, C, 1, 1, pad, y).transpose(0, 3, 1, 2)
+    packed[pad] = ref.binary_conv2d(x_words, w_words, C, 1, 1, pad, y).transpose(0, 3, 1, 2)  # C, stride, padding
     padded = np.pad(xs, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
     simulated[pad] = F.conv2d(Tensor(padded), Tensor(ws)).numpy()
     print(f"pad_value {pad:+d}: packed == float simulation: {np.array_equal(packed[pad], simulated[pad])}")
@@ -232,7 +232,8 @@ assert all(r > 0 for r in rates)
 
 # %% [markdown]
 # On a modern x86 core the popcount kernel does roughly ten times the multiply-accumulates per second of
-# float32 matrix code (DESIGN.md's performance model: ~300 G bit-MAC/s against ~30-40 G MAC/s per core), and it
+# float32 matrix code (about 300 G bit-MAC/s against 30-40 G MAC/s per core; BENCHMARKS.md section 4 has the
+# measurements), and it
 # reads 32x fewer bytes. The measured ratio depends on the shape, the cache sizes and how busy the machine is:
 # small shapes are dominated by overheads (quick mode uses a small one), and on a shared machine a
 # multi-threaded BLAS suffers most from other busy processes. `benchmarks/` and BENCHMARKS.md have the careful

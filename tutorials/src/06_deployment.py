@@ -33,17 +33,15 @@ from minibnn.functional.norm import eval_affine
 
 plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3), "axes.grid": True, "grid.alpha": 0.3})
 N_TRAIN = 1200 if QUICK else 20000
-EPOCHS = 2 if QUICK else 1
+EPOCHS = 2 if QUICK else 1   # full mode: 20,000 images once; quick mode: 1,200 images twice
 N_TEST = 1000 if QUICK else 10000
 print(f"{'quick' if QUICK else 'full'} mode: {N_TRAIN} training images, {N_TEST} test images, "
       f"backend {minibnn.backend.current()!r}")
 
-x_train, y_train = data.load_mnist("train")
-x_test, y_test = data.load_mnist("test")
-x_train = data.normalize(x_train[:N_TRAIN], data.MNIST_MEAN, data.MNIST_STD)
-y_train = y_train[:N_TRAIN]
-x_test = np.ascontiguousarray(data.normalize(x_test[:N_TEST], data.MNIST_MEAN, data.MNIST_STD))
-y_test = y_test[:N_TEST]
+x_train, y_train = data.load_mnist("train", normalize=True)  # standardised: MNIST_MEAN, MNIST_STD
+x_test, y_test = data.load_mnist("test", normalize=True)
+x_train, y_train = x_train[:N_TRAIN], y_train[:N_TRAIN]
+x_test, y_test = x_test[:N_TEST], y_test[:N_TEST]
 
 # %% [markdown]
 # ## 1. A trained binary LeNet
@@ -183,6 +181,7 @@ ax.invert_yaxis()
 plt.tight_layout()
 plt.show()
 ratio = speeds["packed binary LeNet"] / speeds["float32 LeNet"]
+print(", ".join(f"{name}: {s:,.0f} images/s" for name, s in speeds.items()))
 print(f"packed binary LeNet: {ratio:.1f}x the float32 LeNet's images/s")
 assert all(s > 0 for s in speeds.values())
 
@@ -192,9 +191,9 @@ assert all(s > 0 for s in speeds.values())
 # In LeNet each binary layer's output goes through float layers (max-pool, tanh, the classifier) before
 # anything is binarized again, so its epilogue stays a float `dot * scale + shift`. When a binary layer feeds
 # another binary layer through a batch norm (`QDense -> BatchNorm -> QDense`), the second layer only needs the
-# **sign** of the batch norm's output. For a channel with $K$ inputs the dot product is one of the $2K + 1$
-# integers in $[-K, K]$, and `sign(dot * scale + shift)` changes at most once along them. So the converter
-# tries every possible dot, finds where the sign changes, and stores one integer **threshold** per channel:
+# **sign** of the batch norm's output. For a channel with $K$ inputs the dot product is $K - 2\,\mathrm{popcount}$,
+# one of $K + 1$ integers in $[-K, K]$, and `sign(dot * scale + shift)` changes at most once along them. So
+# the converter tries every integer of $[-K, K]$, finds where the sign changes, and stores one integer **threshold** per channel:
 # the bit is `dot >= threshold` (or `dot < threshold` where the scale is negative: `flip`). The layer then
 # writes packed bits straight into the next layer's input, with no float in between.
 #

@@ -8,7 +8,8 @@
 #
 # **Where there is no GPU** (no CuPy, no NVIDIA driver, or no device), the first code cell says so and why,
 # and every GPU cell below skips itself: the notebook still runs to the end, with the CPU half of each
-# comparison.
+# comparison. The stored outputs were made on a machine without a GPU: there CUDA reports "driver version is
+# insufficient" simply because no NVIDIA driver is installed. BENCHMARKS.md section 6 has an H200's numbers.
 #
 # **You will learn**
 # 1. how to check whether the `cuda` backend can run here, and what it says when it cannot;
@@ -57,12 +58,10 @@ print(f"{'quick' if QUICK else 'full'} mode; CPU backend {CPU!r}")
 N_TRAIN = 1920 if QUICK else 12800
 N_TEST = 1000 if QUICK else 10000
 BATCH = 128
-x_train, y_train = data.load_mnist("train")
-x_test, y_test = data.load_mnist("test")
-x_train = data.normalize(x_train[:N_TRAIN], data.MNIST_MEAN, data.MNIST_STD)
-y_train = y_train[:N_TRAIN]
-x_test = np.ascontiguousarray(data.normalize(x_test[:N_TEST], data.MNIST_MEAN, data.MNIST_STD))
-y_test = y_test[:N_TEST]
+x_train, y_train = data.load_mnist("train", normalize=True)  # standardised: MNIST_MEAN, MNIST_STD
+x_test, y_test = data.load_mnist("test", normalize=True)
+x_train, y_train = x_train[:N_TRAIN], y_train[:N_TRAIN]
+x_test, y_test = x_test[:N_TEST], y_test[:N_TEST]
 WARMUP = 3                                       # steps not timed (first calls compile and allocate)
 
 
@@ -101,7 +100,8 @@ else:
     print("skipped: no GPU")
 
 # %% [markdown]
-# The two loss curves start at the same value (same seed, same weights, same first batch) and then drift
+# On a machine with a GPU, the two loss curves start at the same value (same seed, same weights, same first
+# batch) and then drift
 # apart slowly: cuBLAS and OpenBLAS round float sums in different orders, and a binary network amplifies
 # tiny differences whenever a value sits right at a sign change. The binary layers themselves compute the
 # same integers on both devices.
@@ -134,8 +134,9 @@ assert len(cpu_losses) == -(-N_TRAIN // BATCH)
 #
 # The converter reads the weights back to the host and packs them; `PackedModel.predict` runs on whatever
 # backend is current, copying the packed weights to the GPU once. On the GPU its logits are a CuPy array
-# (`minibnn.backend.to_numpy` brings them back). The same packed model, run on the CPU and on the GPU, must
-# predict the same digits: the binary layers give identical integers, only the float layers round differently.
+# (`minibnn.backend.to_numpy` brings them back). On a GPU, the same packed model run on the CPU and on the GPU
+# must predict the same digits: the binary layers give identical integers, only the float layers round
+# differently (this check is skipped in the stored outputs, which were made without a GPU).
 
 # %%
 with minibnn.using(CPU):
