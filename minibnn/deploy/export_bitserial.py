@@ -26,8 +26,8 @@ import numpy as np
 
 from minibnn.backend import bitserial
 from minibnn.backend import numpy_ref as ref
-from minibnn.deploy.export_c import ExportError, Program, Activation, _scratch
-from minibnn.deploy.ops import BitSerialConv2d, BitSerialDense
+from minibnn.deploy.export_c import Activation, ExportError, Program, _scratch, c_float
+from minibnn.deploy.ops import BitSerialConv2d
 
 BATCH_BYTES = 1 << 20  # int32 terms of all activation planes of a convolution in one call up to this size
 
@@ -35,10 +35,6 @@ BATCH_BYTES = 1 << 20  # int32 terms of all activation planes of a convolution i
 def _iptr(p: Program, t: Activation) -> str:
     """A workspace tensor allocated as floats, used as int32 (same size)."""
     return p.ptr(t).replace("(float *)", "(int32_t *)", 1)
-
-
-def _f32(v) -> str:
-    return float(np.float32(v)).hex() + "f"
 
 
 def _planes_in(p: Program, op, x: Activation, conv: bool, where: str) -> tuple[Activation, tuple[int, ...]]:
@@ -85,8 +81,6 @@ def _channel_const(p: Program, op, name: str, v, where: str) -> str:
 
 def emit_bitserial(p: Program, op, x: Activation, where: str) -> Activation:
     """Emit the C of bit-serial ``op`` on ``x`` (floats or planes); return its float output or planes."""
-    if not isinstance(op, (BitSerialDense, BitSerialConv2d)):  # pragma: no cover - export_c dispatches
-        raise ExportError(f"layer {where}: not a bit-serial layer ({type(op).__name__})")
     conv = isinstance(op, BitSerialConv2d)
     a, b, c, o = op.act_bit, op.weight_bit, op.in_channels, op.out_channels
     wc = ref.n_words(c)
@@ -148,6 +142,6 @@ def emit_bitserial(p: Program, op, x: Activation, where: str) -> Activation:
                                                                      ("post_scale", e.post_scale),
                                                                      ("post_shift", e.post_shift))]
     y = p.new((o, oh, ow), layout="hwc") if conv else p.new((o,))
-    den = _f32((2**a - 1) * (2**b - 1))
+    den = c_float((2**a - 1) * (2**b - 1))
     p.emit(f"MBX_CHECK(mbs_epilogue_f32({_iptr(p, d)}, {rows}, {o}, {den}, {', '.join(arrays)}, {p.ptr(y)}));")
     return y

@@ -53,6 +53,11 @@ class ExportError(ValueError):
     """The model holds something the C exporter cannot express (the message names the layer)."""
 
 
+def c_float(v) -> str:
+    """``v`` rounded to float32 as an exact C literal (hexadecimal, e.g. 0x1.8p-1f)."""
+    return float(np.float32(v)).hex() + "f"
+
+
 @dataclass
 class Activation:
     """A symbolic activation (no data, only where it will live): float (C, H, W) / (K,), or packed bits (H, W, words) / (words,)."""
@@ -361,7 +366,7 @@ def _conv(p: Program, x: Activation, weight, bias, stride, padding, dilation, pa
     b = p.const("b", bias) if bias is not None else "NULL"
     hwio = p.const("w", np.ascontiguousarray(np.asarray(weight, np.float32).transpose(2, 3, 1, 0)))
     p.emit(f"mbi_conv2d({p.ptr(x)}, {int(x.layout == 'hwc')}, {c}, {h}, {w}, {hwio}, {o}, {kh}, {kw}, {sh}, {sw}, "
-           f"{ph}, {pw}, {dh}, {dw}, {float(pad).hex()}f, {b}, {p.ptr(y)});")
+           f"{ph}, {pw}, {dh}, {dw}, {c_float(pad)}, {b}, {p.ptr(y)});")
     return y
 
 
@@ -421,8 +426,7 @@ def _float_layer(p: Program, m: Module, x: Activation, where: str) -> Activation
         y = _elementwise(p, x)
         p.use(x)
         if kind is L.HardTanh:
-            p.emit(f"mbi_hardtanh({p.ptr(x)}, {n}, {float(np.float32(m.min_val)).hex()}f, "
-                   f"{float(np.float32(m.max_val)).hex()}f, {p.ptr(y)});")
+            p.emit(f"mbi_hardtanh({p.ptr(x)}, {n}, {c_float(m.min_val)}, {c_float(m.max_val)}, {p.ptr(y)});")
         else:
             p.emit(f"mbi_{kind.__name__.lower()}({p.ptr(x)}, {n}, {p.ptr(y)});")
         return y
@@ -644,8 +648,8 @@ def _main(name: str, shape, classes: int, mean: float, std: float) -> str:
 
 #include "{name}.h"
 
-#define PIXEL_MEAN {float(np.float32(mean)).hex()}f
-#define PIXEL_STD {float(np.float32(std)).hex()}f
+#define PIXEL_MEAN {c_float(mean)}
+#define PIXEL_STD {c_float(std)}
 
 static float input[{up}_INPUT_SIZE];
 
